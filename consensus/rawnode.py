@@ -1,0 +1,224 @@
+"""The application's handle on the Raft core: feed it, then take a `Ready`, honour it,
+and `advance`.
+
+Contract for handling a `Ready` (as in etcd's raft):
+  1. write `snapshot` (if any), `entries` and `hard_state` to stable storage — messages
+     whose `needs_durability` is False may be sent before or during this write;
+  2. send the remaining `messages`;
+  3. apply `committed_entries` (after the snapshot, if any);
+  4. call `advance(ready)`.
+Nothing else may be fed to the node between `ready()` and `advance()`.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .errors import RaftUsageError
+from .messages import (
+    LOCAL_MESSAGES, ConfChange, ConfState, Entry, EntryType, HardState, Message,
+    MessageType as MT, Snapshot,
+)
+from .raft import Config, Raft, StateType
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    lead: int
+    state: StateType
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    soft_state: SoftState | None
+    hard_state: HardState | None
+    snapshot: Snapshot | None
+    entries: tuple[Entry, ...]
+    committed_entries: tuple[Entry, ...]
+    messages: tuple[Message, ...]
+
+    @property
+    def must_sync(self) -> bool:
+        return bool(self.entries) or self.snapshot is not None or self.hard_state is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    id: int
+    role: StateType
+    term: int
+    vote: int
+    leader_id: int
+    commit: int
+    applied: int
+    last_index: int
+    conf: ConfState
+
+
+def _check_message(m: Message, self_id: int) -> str | None:
+    """Why a peer's message is malformed, or None when it is well formed."""
+    if not isinstance(m, Message) or not isinstance(m.type, MT):
+        return "not_a_message"
+    if m.type in LOCAL_MESSAGES:
+        return "local_type_from_peer"
+    if m.to != self_id:
+        return "wrong_recipient"
+    for name in ("frm", "term", "log_term", "index", "commit", "reject_hint"):
+        v = getattr(m, name)
+        if type(v) is not int or v < 0:
+            return f"bad_{name}"
+    if m.frm == 0 or m.frm == self_id:
+        return "bad_sender"
+    if not isinstance(m.entries, tuple):
+        return "bad_entries"
+    expect = m.index + 1
+    for e in m.entries:
+        if not isinstance(e, Entry) or e.index != expect or not 0 < e.term <= m.term:
+            return "bad_entries"
+        if not isinstance(e.data, bytes) or not isinstance(e.type, EntryType):
+            return "bad_entries"
+        expect += 1
+    if m.entries and m.type != MT.APP:
+        return "bad_entries"
+    if m.type == MT.APP and m.entries and m.log_term > m.entries[0].term:
+        return "bad_entries"
+    if m.type == MT.SNAP:
+        s = m.snapshot
+        if not isinstance(s, Snapshot) or s.is_empty() or s.term > m.term:
+            return "bad_snapshot"
+    elif m.snapshot is not None:
+        return "bad_snapshot"
+    return None
+
+
+class RawNode:
+    def __init__(self, cfg: Config, storage, rng: random.Random | None = None) -> None:
+        self.raft = Raft(cfg, storage, rng if rng is not None else random.Random(cfg.id))
+        self._prev_soft = self._soft_state()
+        self._prev_hard = self.raft.hard_state()
+        self._in_ready = False
+
+    # -- inputs ------------------------------------------------------------------------
+    def tick(self) -> None:
+        self._not_in_ready()
+        self.raft.tick()
+
+    def step(self, m: Message) -> bool:
+        """Feed a peer's message. A malformed one is dropped and counted; returns
+        whether it was taken."""
+        self._not_in_ready()
+        why = _check_message(m, self.raft.id)
+        if why is not None:
+            self.raft.dropped[why] += 1
+            return False
+        self.raft.step(m)
+        return True
+
+    def campaign(self) -> None:
+        self._not_in_ready()
+        self.raft.hup()
+
+    def propose(self, data: bytes) -> int:
+        """Append `data` as a new entry; returns its index. Raises NotLeader or
+        ProposalDropped."""
+        self._not_in_ready()
+        return self.raft.propose([data])
+
+    def propose_many(self, datas: list[bytes]) -> int:
+        """Append several entries at once; returns the index of the last."""
+        self._not_in_ready()
+        if not datas:
+            raise RaftUsageError("nothing to propose")
+        return self.raft.propose(list(datas))
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        self._not_in_ready()
+        return self.raft.propose_conf_change(cc)
+
+    def transfer_leadership(self, to: int) -> None:
+        self._not_in_ready()
+        self.raft.transfer_leader(to)
+
+    def report_unreachable(self, nid: int) -> None:
+        self.raft.report_unreachable(nid)
+
+    def report_snapshot(self, nid: int, ok: bool) -> None:
+        self.raft.report_snapshot(nid, ok)
+
+    def compact(self, data: bytes, keep: int = 0) -> Snapshot:
+        """The application's state at the applied index is `data`: store it as the
+        snapshot and drop the log before it, keeping `keep` entries for slow followers."""
+        self._not_in_ready()
+        log = self.raft.log
+        snap = log.storage.create_snapshot(log.applied, self.raft.conf, data)
+        upto = log.applied - keep
+        if upto > log.storage.first_index():
+            log.storage.compact(upto)
+        return snap
+
+    # -- output --------------------------------------------------------------------------
+    def _soft_state(self) -> SoftState:
+        return SoftState(self.raft.lead, self.raft.state)
+
+    def has_ready(self) -> bool:
+        r = self.raft
+        return bool(r.msgs or r.log.unstable.entries or r.log.unstable.snapshot is not None
+                    or r.log.has_next_committed() or self._soft_state() != self._prev_soft
+                    or r.hard_state() != self._prev_hard)
+
+    def ready(self) -> Ready:
+        self._not_in_ready()
+        r = self.raft
+        soft, hard = self._soft_state(), r.hard_state()
+        committed = tuple(r.log.next_committed())
+        rd = Ready(
+            soft_state=soft if soft != self._prev_soft else None,
+            hard_state=hard if hard != self._prev_hard else None,
+            snapshot=r.log.unstable.snapshot,
+            entries=tuple(r.log.unstable.entries),
+            committed_entries=committed,
+            messages=tuple(r.msgs),
+        )
+        r.msgs = []
+        self._prev_soft, self._prev_hard = soft, hard
+        if committed:
+            r.log.applying_to(committed[-1].index)
+        self._in_ready = True
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        if not self._in_ready:
+            raise RaftUsageError("advance without a ready")
+        self._in_ready = False
+        r = self.raft
+        if rd.snapshot is not None:
+            r.log.stable_snap_to(rd.snapshot.index)
+            r.log.applied_to(rd.snapshot.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            r.log.stable_to(last.index, last.term)
+            r.on_persisted(r.log.stable_last_index())
+        if rd.committed_entries:
+            for e in rd.committed_entries:
+                if e.type == EntryType.CONF_CHANGE:
+                    r.log.applied_to(e.index)
+                    r.apply_conf_change(ConfChange.decode(e.data))
+            r.log.applied_to(rd.committed_entries[-1].index)
+
+    def _not_in_ready(self) -> None:
+        if self._in_ready:
+            raise RaftUsageError("a Ready is being handled: call advance() first")
+
+    # -- inspection ------------------------------------------------------------------------
+    def status(self) -> Status:
+        r = self.raft
+        return Status(r.id, r.state, r.term, r.vote, r.lead, r.log.committed,
+                      r.log.applied, r.log.last_index(), r.conf)
+
+    @property
+    def id(self) -> int:
+        return self.raft.id
+
+    @property
+    def dropped(self):
+        return self.raft.dropped

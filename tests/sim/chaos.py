@@ -1,0 +1,196 @@
+"""Random schedules: a seeded mix of network faults, crashes, restarts, partitions,
+proposals, membership changes, leadership transfers and snapshots, followed by a healed
+network in which the cluster must elect a leader and commit new proposals within a
+bounded number of ticks. Every event is checked by `Cluster.check_invariants` and the
+per-Ready checks; a failure names its seed, and `python -m tests.sim --seed S` replays it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from consensus import ConfChangeType, EntryType, NotLeader, ProposalDropped, RaftUsageError
+from consensus.messages import ConfChange
+
+from .cluster import Cluster, Faults, InvariantViolation
+
+HEAL_TICKS = 300  # after healing, a leader and fresh commits must come within this
+
+
+@dataclass
+class Outcome:
+    seed: int
+    nodes: int
+    events: int
+    committed: int
+    terms: int
+
+
+class ScheduleFailed(AssertionError):
+    def __init__(self, seed: int, why: str):
+        super().__init__(f"seed {seed}: {why}\n  replay: python -m tests.sim --seed {seed}")
+        self.seed = seed
+
+
+def _removed(c: Cluster) -> set[int]:
+    out: set[int] = set()
+    for _, (_, data, typ) in sorted(c.committed.items()):
+        if typ == EntryType.CONF_CHANGE:
+            cc = ConfChange.decode(data)
+            if cc.type == ConfChangeType.REMOVE_NODE:
+                out.add(cc.node_id)
+    return out
+
+
+def run_schedule(seed: int, nodes: int | None = None) -> Outcome:
+    try:
+        return _run(seed, nodes)
+    except ScheduleFailed:
+        raise
+    except (InvariantViolation, AssertionError, Exception) as e:  # report the seed for any failure
+        raise ScheduleFailed(seed, f"{type(e).__name__}: {e}") from e
+
+
+def _run(seed: int, nodes: int | None) -> Outcome:
+    rng = random.Random(seed)
+    n = nodes or rng.choice((3, 5))
+    faults = Faults(
+        drop=rng.choice((0.0, 0.01, 0.05, 0.2)),
+        duplicate=rng.choice((0.0, 0.0, 0.05)),
+        max_delay=rng.choice((2, 4, 9)),
+        long_delay=rng.choice((0.0, 0.02, 0.1)),
+    )
+    c = Cluster(
+        n, seed=rng.getrandbits(32), faults=faults,
+        pre_vote=rng.random() < 0.8, check_quorum=rng.random() < 0.8,
+        max_inflight=rng.choice((1, 4, 64)),
+        max_size_per_msg=rng.choice((64, 1 << 16)),
+        snapshot_every=rng.choice((0, 4, 16)), snapshot_keep=rng.choice((0, 3)),
+    )
+    c.crash_in_ready = rng.choice((0.0, 0.001))
+    membership = rng.random() < 0.4
+    chaos_ticks = rng.randint(40, 120)
+    p = dict(propose=0.06, crash=0.004, restart=0.02, partition=0.004, heal=0.01,
+             conf=0.004 if membership else 0.0, transfer=0.003)
+    next_id = n + 1
+    counter = 0
+
+    def propose_at_leader(k: int) -> None:
+        nonlocal counter
+        lead = c.leader()
+        if lead is None:
+            return
+        for _ in range(k):
+            counter += 1
+            try:
+                c.raw(lead).propose(b"v%d" % counter)
+            except (NotLeader, ProposalDropped):
+                return
+        c.handle_ready(lead)
+
+    end = c.now + chaos_ticks * Cluster.TICK
+    while c.now < end:
+        if not c.step_event():
+            break
+        r = rng.random()
+        for action, prob in p.items():
+            if r < prob:
+                break
+            r -= prob
+        else:
+            continue
+        live = c.live()
+        if action == "propose":
+            propose_at_leader(rng.randint(1, 4))
+        elif action == "crash" and live:
+            c.crash(rng.choice(live))
+        elif action == "restart":
+            down = [i for i in c.nodes if not c.nodes[i].alive]
+            if down:
+                c.start(rng.choice(down))
+        elif action == "partition":
+            ids = list(c.nodes)
+            rng.shuffle(ids)
+            k = rng.randint(1, len(ids) - 1)
+            c.partition(set(ids[:k]), set(ids[k:]))
+        elif action == "heal":
+            c.heal()
+        elif action == "transfer":
+            lead = c.leader()
+            if lead is not None:
+                try:
+                    c.raw(lead).transfer_leadership(rng.choice(sorted(c.raw(lead).raft.conf.voters)))
+                except RaftUsageError:
+                    pass
+                c.handle_ready(lead)
+        elif action == "conf":
+            lead = c.leader()
+            if lead is None:
+                continue
+            conf = c.raw(lead).raft.conf
+            try:
+                if len(conf.voters) >= 3 and rng.random() < 0.5:
+                    c.conf_change(lead, ConfChangeType.REMOVE_NODE, rng.choice(sorted(conf.voters)))
+                elif len(c.nodes) < 8:
+                    kind = ConfChangeType.ADD_NODE if rng.random() < 0.8 else ConfChangeType.ADD_LEARNER
+                    c.add_empty_node(next_id)
+                    c.conf_change(lead, kind, next_id)
+                    next_id += 1
+            except (NotLeader, ProposalDropped):
+                pass
+
+    # -- heal: reliable network, everyone not removed is up; the cluster must make progress
+    c.heal()
+    c.faults = Faults()
+    c.crash_in_ready = 0.0
+    removed = _removed(c)
+    for nid, node in c.nodes.items():
+        if nid in removed:
+            if node.alive:
+                c.crash(nid)
+        elif not node.alive:
+            c.start(nid)
+
+    def stable_leader() -> bool:
+        lead = c.leader()
+        if lead is None:
+            return False
+        r = c.raw(lead).raft
+        return r.log.committed >= r.log.last_index() and r.lead_transferee == 0
+
+    if not c.run_until(stable_leader, HEAL_TICKS):
+        raise ScheduleFailed(seed, "no leader that commits its own term after the network healed")
+    marks = []
+    deadline = c.now + HEAL_TICKS * Cluster.TICK
+    while len(marks) < 3:
+        lead = c.leader()
+        if lead is not None:
+            try:
+                counter += 1
+                data = b"final%d" % counter
+                c.raw(lead).propose(data)
+                c.handle_ready(lead)
+                marks.append(data)
+                continue
+            except (NotLeader, ProposalDropped):
+                pass
+        if c.now > deadline or not c.step_event():
+            raise ScheduleFailed(seed, "could not propose after the network healed")
+
+    def all_applied() -> bool:
+        # every proposal of the healed phase is committed, and every live member applied it
+        done = set(c.committed_data())
+        if not all(m in done for m in marks):
+            return False
+        lead = c.leader()
+        if lead is None:
+            return False
+        members = c.raw(lead).raft.conf.members()
+        top = c.raw(lead).raft.log.committed
+        return all(c.nodes[i].alive and c.applied(i) >= top for i in members)
+
+    if not c.run_until(all_applied, HEAL_TICKS):
+        lagging = {i: c.applied(i) for i in c.live()}
+        raise ScheduleFailed(seed, f"proposals did not commit everywhere after healing: {lagging}")
+    terms = len(c.leader_of_term)
+    return Outcome(seed, n, c.events, len(c.committed), terms)
