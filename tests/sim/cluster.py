@@ -304,14 +304,16 @@ class Cluster:
                 return cond()
         return True
 
-    def deliver_all(self, limit: int = 100_000) -> None:
-        """Deliver every message in flight (and those they cause), without ticking."""
+    def deliver_all(self, keep=None, limit: int = 100_000) -> None:
+        """Deliver every message in flight (and those they cause), without ticking;
+        messages for which `keep` is false are lost."""
         for _ in range(limit):
             if not self.queue:
                 return
             at, _, m = heapq.heappop(self.queue)
             self.now = max(self.now, at)
-            self.deliver(m)
+            if keep is None or keep(m):
+                self.deliver(m)
         raise RuntimeError("messages kept flowing")
 
     # -- conveniences for tests ---------------------------------------------------------------
