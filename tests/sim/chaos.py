@@ -151,31 +151,32 @@ def _run(seed: int, nodes: int | None) -> Outcome:
         elif not node.alive:
             c.start(nid)
 
-    def stable_leader() -> bool:
-        lead = c.leader()
-        if lead is None:
-            return False
-        r = c.raw(lead).raft
-        return r.log.committed >= r.log.last_index() and r.lead_transferee == 0
+    # a client that retries: a proposal to a leader that is then deposed may be lost,
+    # so propose again whenever leadership moved; three must commit within the bound
+    finals: set[bytes] = set()
+    outstanding: tuple[int, int, bytes] | None = None
+    deadline = c.now + 2 * HEAL_TICKS * Cluster.TICK
 
-    if not c.run_until(stable_leader, HEAL_TICKS):
-        raise ScheduleFailed(seed, "no leader that commits its own term after the network healed")
-    marks = []
-    deadline = c.now + HEAL_TICKS * Cluster.TICK
-    while len(marks) < 3:
+    def committed_finals() -> list[bytes]:
+        return [d for d in c.committed_data() if d in finals]
+
+    while len(committed_finals()) < 3:
         lead = c.leader()
         if lead is not None:
-            try:
+            term = c.raw(lead).raft.term
+            if outstanding is None or outstanding[:2] != (lead, term) or outstanding[2] in committed_finals():
                 counter += 1
                 data = b"final%d" % counter
-                c.raw(lead).propose(data)
-                c.handle_ready(lead)
-                marks.append(data)
-                continue
-            except (NotLeader, ProposalDropped):
-                pass
+                try:
+                    c.raw(lead).propose(data)
+                    c.handle_ready(lead)
+                    finals.add(data)
+                    outstanding = (lead, term, data)
+                except (NotLeader, ProposalDropped):
+                    pass
         if c.now > deadline or not c.step_event():
-            raise ScheduleFailed(seed, "could not propose after the network healed")
+            raise ScheduleFailed(seed, f"no progress after the network healed (leader {c.leader()})")
+    marks = committed_finals()
 
     def all_applied() -> bool:
         # every proposal of the healed phase is committed, and every live member applied it
