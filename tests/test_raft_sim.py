@@ -24,6 +24,8 @@ def test_random_schedules(start):
     # the schedules really did something: entries committed and leaders changed
     assert sum(s.committed for s in stats) > 10 * len(stats)
     assert sum(s.terms > 1 for s in stats) > len(stats) // 4
+    for what in ("crashes", "snapshots_installed", "conf_changes_applied"):
+        assert sum(s.stats.get(what, 0) for s in stats) > 0, f"no {what} in these schedules"
 
 
 def test_replay_is_deterministic():

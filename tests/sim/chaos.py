@@ -24,6 +24,7 @@ class Outcome:
     events: int
     committed: int
     terms: int
+    stats: dict
 
 
 class ScheduleFailed(AssertionError):
@@ -194,4 +195,4 @@ def _run(seed: int, nodes: int | None) -> Outcome:
         lagging = {i: c.applied(i) for i in c.live()}
         raise ScheduleFailed(seed, f"proposals did not commit everywhere after healing: {lagging}")
     terms = len(c.leader_of_term)
-    return Outcome(seed, n, c.events, len(c.committed), terms)
+    return Outcome(seed, n, c.events, len(c.committed), terms, dict(c.stats))

@@ -9,6 +9,7 @@ application that ever applies something different at an index is caught at once.
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 import random
 import struct
 import zlib
@@ -98,6 +99,7 @@ class Cluster:
         self.seen: dict[tuple[int, int], tuple[bytes, int]] = {}  # (index, term) -> (data, prev term)
         self.events = 0
         self.crash_in_ready = 0.0  # probability a node dies with a Ready not yet persisted
+        self.stats: Counter[str] = Counter()
         voters = list(range(1, n + 1))
         for nid in voters:
             self.nodes[nid] = SimNode(nid, MemoryStorage.bootstrapped(voters))
@@ -119,6 +121,7 @@ class Cluster:
 
     def crash(self, nid: int) -> None:
         """Lose everything not yet on stable storage (including any Ready not handled)."""
+        self.stats["crashes"] += 1
         self.nodes[nid].raw = None
 
     def restart(self, nid: int) -> None:
@@ -219,6 +222,7 @@ class Cluster:
                 raise InvariantViolation(f"node {node.id} installed a snapshot at {snap.index} "
                                          f"that differs from the committed state")
             node.app = app
+            self.stats["snapshots_installed"] += 1
         for e in rd.committed_entries:
             if e.index != node.app.index + 1:
                 raise InvariantViolation(f"node {node.id} applies {e.index} after {node.app.index}")
@@ -232,6 +236,8 @@ class Cluster:
             elif rec != (e.term, e.data, int(e.type)):
                 raise InvariantViolation(f"state machine safety: node {node.id} applied a different "
                                          f"entry at index {e.index}: {rec} vs {(e.term, e.data)}")
+            if e.type == EntryType.CONF_CHANGE:
+                self.stats["conf_changes_applied"] += 1
             node.app.checksum = _chain(node.app.checksum, e)
             node.app.index = e.index
             node.applied_log.append(e.index)
