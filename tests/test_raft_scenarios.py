@@ -196,17 +196,22 @@ def test_persistence_across_crashes_of_every_node():
 
 
 def test_vote_is_durable_before_the_answer_leaves():
-    """A voter that crashes after answering must not vote again in the same term."""
-    c = Cluster(3, seed=9)
+    """A voter that crashes after answering must not vote for another in the same term."""
+    c = Cluster(3, seed=9, pre_vote=False)
     c.isolate(3)
     c.raw(1).campaign()
     c.handle_ready(1)
-    c.deliver_all()  # pre-vote done; the real vote request is in flight or answered
-    voted_for = c.nodes[2].storage.hard_state.vote
-    if voted_for:
-        c.crash(2)
-        c.start(2)
-        assert c.raw(2).raft.vote == voted_for
+    c.deliver_all()
+    assert c.leader() == 1
+    term = c.raw(1).raft.term
+    assert c.nodes[2].storage.hard_state.vote == 1  # written before the answer was sent
+    c.crash(2)
+    c.start(2)
+    c.heal()
+    c.raw(2).step(Message(MT.VOTE, to=2, frm=3, term=term, index=99, log_term=term))
+    rd = c.raw(2).ready()
+    assert [m.reject for m in rd.messages if m.type == MT.VOTE_RESP] == [True]
+    c.raw(2).advance(rd)
 
 
 # -- Figure 8 (§5.4.2) ----------------------------------------------------------------
@@ -371,6 +376,40 @@ def test_snapshot_discards_a_conflicting_suffix():
     r3, rl = c.raw(3).raft.log, c.raw(lead).raft.log
     assert all(r3.term(i) == rl.term(i) for i in range(r3.first_index(), r3.last_index() + 1))
     assert not any(d.startswith(b"orphan") for d in c.committed_data())
+
+
+def test_lost_snapshot_is_sent_again():
+    c = elected(3, snapshot_every=5)
+    c.isolate(3)
+    for i in range(20):
+        commit_everywhere(c, b"s%d" % i, ids=[1, 2], ticks=20)
+    c.heal()
+    lost = []
+    orig = c.deliver
+
+    def lose_first_snapshot(m):
+        if m.type == MT.SNAP and not lost:
+            lost.append(m)
+            return
+        orig(m)
+    c.deliver = lose_first_snapshot
+    assert c.run_until(lambda: c.applied(3) == c.applied(1), 10 * ELECTION)
+    assert lost
+
+
+def test_snapshot_failure_reported_by_transport_makes_leader_probe_again():
+    c = elected(3, snapshot_every=5)
+    c.isolate(3)
+    for i in range(20):
+        commit_everywhere(c, b"s%d" % i, ids=[1, 2], ticks=20)
+    c.heal()
+    c.filter_queue(lambda m: False)
+    c.deliver = lambda m, orig=c.deliver: None if m.type == MT.SNAP else orig(m)
+    assert c.run_until(lambda: c.raw(1).raft.prs[3].state.name == "SNAPSHOT", 20)
+    c.raw(1).report_snapshot(3, ok=False)
+    assert c.raw(1).raft.prs[3].state.name == "PROBE"
+    del c.deliver
+    assert c.run_until(lambda: c.applied(3) == c.applied(1), 20)
 
 
 def test_snapshot_older_than_commit_is_ignored():
