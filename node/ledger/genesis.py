@@ -1,0 +1,117 @@
+"""The genesis file: the consortium's organisations (with admin keys) and nodes (with
+node keys, Raft ids and addresses). Its hash anchors the chain: block 1's prev_hash."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .canonical import EncodingError, canonical_bytes
+
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_NAME = re.compile(r"[A-Za-z0-9._\-]{1,64}\Z")
+
+
+class GenesisError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    node_id: str
+    raft_id: int
+    org: str
+    pubkey: str          # Ed25519, hex: signs block headers
+    peer_addr: str       # host:port of the peer link
+    api_addr: str        # host:port of the HTTP API
+    tls_cert_sha256: str  # fingerprint of the node's TLS certificate ("" when not pinned)
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    chain_id: str
+    orgs: Mapping[str, frozenset[str]]      # org -> admin public keys
+    nodes: Mapping[str, NodeInfo]
+    hash: str
+    raw: Mapping[str, Any]
+
+    def node_by_raft_id(self, raft_id: int) -> NodeInfo | None:
+        for n in self.nodes.values():
+            if n.raft_id == raft_id:
+                return n
+        return None
+
+    def genesis_role(self, pubkey: str, org: str) -> str | None:
+        return "admin" if pubkey in self.orgs.get(org, ()) else None
+
+    def is_genesis_admin(self, pubkey: str) -> bool:
+        return any(pubkey in admins for admins in self.orgs.values())
+
+
+def _field(obj: Mapping, name: str, kind: type, where: str) -> Any:
+    if name not in obj:
+        raise GenesisError(f"{where}: missing '{name}'")
+    v = obj[name]
+    if type(v) is not kind:
+        raise GenesisError(f"{where}.{name}: expected {kind.__name__}")
+    return v
+
+
+def genesis_from_dict(obj: Any) -> Genesis:
+    if type(obj) is not dict:
+        raise GenesisError("genesis must be a JSON object")
+    chain_id = _field(obj, "chain_id", str, "genesis")
+    orgs_in = _field(obj, "orgs", dict, "genesis")
+    nodes_in = _field(obj, "nodes", dict, "genesis")
+    if not orgs_in or not nodes_in:
+        raise GenesisError("genesis needs at least one org and one node")
+    orgs: dict[str, frozenset[str]] = {}
+    for name, o in orgs_in.items():
+        if not _NAME.match(name):
+            raise GenesisError(f"org name {name!r} is not allowed")
+        admins = _field(o, "admins", list, f"orgs.{name}") if type(o) is dict else None
+        if admins is None or not admins or not all(type(a) is str and _HEX64.match(a) for a in admins):
+            raise GenesisError(f"orgs.{name}.admins must be a non-empty list of hex Ed25519 keys")
+        orgs[name] = frozenset(admins)
+    nodes: dict[str, NodeInfo] = {}
+    raft_ids: set[int] = set()
+    for nid, n in nodes_in.items():
+        where = f"nodes.{nid}"
+        if not _NAME.match(nid) or type(n) is not dict:
+            raise GenesisError(f"{where}: bad node entry")
+        info = NodeInfo(
+            node_id=nid,
+            raft_id=_field(n, "raft_id", int, where),
+            org=_field(n, "org", str, where),
+            pubkey=_field(n, "pubkey", str, where),
+            peer_addr=_field(n, "peer_addr", str, where),
+            api_addr=_field(n, "api_addr", str, where),
+            tls_cert_sha256=n.get("tls_cert_sha256", ""),
+        )
+        if info.raft_id <= 0 or info.raft_id in raft_ids:
+            raise GenesisError(f"{where}.raft_id must be a unique positive integer")
+        if info.org not in orgs:
+            raise GenesisError(f"{where}.org {info.org!r} is not an org of the genesis")
+        if not _HEX64.match(info.pubkey):
+            raise GenesisError(f"{where}.pubkey must be a hex Ed25519 key")
+        raft_ids.add(info.raft_id)
+        nodes[nid] = info
+    try:
+        h = hashlib.sha256(b"crmledger/genesis/v1\n" + canonical_bytes(obj)).hexdigest()
+    except EncodingError as e:
+        raise GenesisError(f"genesis: {e}") from None
+    return Genesis(chain_id, MappingProxyType(orgs), MappingProxyType(nodes), h, MappingProxyType(obj))
+
+
+def load_genesis(path: str | Path) -> Genesis:
+    try:
+        obj = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise GenesisError(f"cannot read genesis file {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise GenesisError(f"genesis file {path} is not valid JSON: {e}") from None
+    return genesis_from_dict(obj)

@@ -1,0 +1,350 @@
+"""Ledger rules: validation and state transition per transaction type (SPEC §2, §3), as
+a deterministic function of (state, block). No I/O: the state is read through a
+`LedgerView`, and the outcome lists every changed key with its old and new value.
+
+Each transaction gets `valid` or exactly one code, checked in this order: `duplicate`
+(tx_id or signer+nonce already committed, in an earlier block or earlier in this one),
+`stale` (ts more than 600 s from the block's timestamp), then the type's own rules,
+where `forbidden` means the signer may not send this type for this org or customer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import msgpack
+
+from .canonical import INT_MAX, canonical_bytes
+from .genesis import Genesis
+from .tx import Tx
+
+STALE_MS = 600_000
+VALID = "valid"
+
+CODES = (
+    VALID, "duplicate", "stale", "forbidden", "unknown_org", "identity_exists",
+    "customer_exists", "unknown_customer", "erased", "bad_expiry", "no_consent",
+    "ticket_exists", "unknown_ticket", "ticket_closed", "insufficient_balance", "overflow",
+)
+
+
+class LedgerView(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+    def tx_seen(self, tx_id: str) -> bool: ...
+    def nonce_seen(self, signer: str, nonce: str) -> bool: ...
+
+
+# -- state keys -----------------------------------------------------------------------
+def k_identity(pubkey: str) -> bytes:
+    return b"id/" + pubkey.encode()
+
+
+def k_customer(cid: str) -> bytes:
+    return b"cu/" + cid.encode()
+
+
+def k_consent(cid: str, org: str) -> bytes:
+    return b"co/" + cid.encode() + b"\x00" + org.encode()
+
+
+def k_ticket(tid: str) -> bytes:
+    return b"ti/" + tid.encode()
+
+
+def k_loyalty(cid: str, program: str) -> bytes:
+    return b"lo/" + cid.encode() + b"\x00" + program.encode()
+
+
+def keys_for(tx: Tx) -> list[bytes]:
+    """The state keys applying `tx` may read, so that storage can fetch a whole block's
+    worth in one query."""
+    p = tx.payload
+    keys = [k_identity(tx.signer)]
+    cid = p.get("customer_id")
+    if cid is not None:
+        keys.append(k_customer(cid))
+        if tx.org:
+            keys.append(k_consent(cid, tx.org))
+    t = tx.type
+    if t == "identity.register":
+        keys.append(k_identity(p["pubkey"]))
+    elif t in ("consent.grant", "consent.revoke"):
+        keys.append(k_consent(cid, p["grantee_org"]))
+    elif t in ("ticket.open", "ticket.update"):
+        keys.append(k_ticket(p["ticket_id"]))
+    elif t in ("loyalty.issue", "loyalty.redeem"):
+        keys.append(k_loyalty(cid, p["program"]))
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class TxResult:
+    code: str
+    subject: str | None = None   # the customer the transaction touches, for the history
+
+
+@dataclass(frozen=True, slots=True)
+class BlockOutcome:
+    results: tuple[TxResult, ...]
+    changes: tuple[tuple[bytes, bytes | None, bytes | None], ...]  # (key, old, new), by key
+
+
+class _Overlay:
+    """The view plus this block's writes; remembers each key's value before the block."""
+    __slots__ = ("view", "cur", "orig", "dec")
+
+    def __init__(self, view: LedgerView) -> None:
+        self.view = view
+        self.cur: dict[bytes, bytes | None] = {}
+        self.orig: dict[bytes, bytes | None] = {}
+        self.dec: dict[bytes, Any] = {}
+
+    def get(self, key: bytes) -> Any:
+        if key in self.dec:
+            return self.dec[key]
+        if key in self.cur:
+            raw = self.cur[key]
+        else:
+            raw = self.view.get(key)
+            self.orig[key] = raw
+            self.cur[key] = raw
+        obj = None if raw is None else msgpack.unpackb(raw, raw=False)
+        self.dec[key] = obj
+        return obj
+
+    def put(self, key: bytes, obj: Any) -> None:
+        if key not in self.cur:
+            self.get(key)
+        self.cur[key] = None if obj is None else canonical_bytes(obj)
+        self.dec[key] = obj
+
+    def changes(self) -> tuple[tuple[bytes, bytes | None, bytes | None], ...]:
+        return tuple((k, self.orig[k], v) for k, v in sorted(self.cur.items())
+                     if v != self.orig[k])
+
+
+@dataclass(slots=True)
+class _Ctx:
+    g: Genesis
+    st: _Overlay
+    height: int
+    ts: int
+
+    def role(self, signer: str, org: str) -> str | None:
+        if not org:
+            return None
+        if self.g.genesis_role(signer, org):
+            return "admin"
+        rec = self.st.get(k_identity(signer))
+        if rec is not None and rec["org"] == org:
+            return rec["role"]
+        return None
+
+    def staff(self, tx: Tx, org: str) -> bool:
+        """The transaction is sent for `org` by one of its admins or agents."""
+        return tx.org == org and self.role(tx.signer, org) in ("admin", "agent")
+
+    def consent_active(self, cid: str, org: str) -> bool:
+        c = self.st.get(k_consent(cid, org))
+        return c is not None and (c["expires_ts"] is None or c["expires_ts"] > self.ts)
+
+
+def _customer(ctx: _Ctx, cid: str) -> tuple[dict | None, str | None]:
+    cust = ctx.st.get(k_customer(cid))
+    if cust is None:
+        return None, "unknown_customer"
+    if cust["erased"]:
+        return cust, "erased"
+    return cust, None
+
+
+def _is_customer(tx: Tx, cust: dict) -> bool:
+    return tx.org == "" and cust["key"] is not None and cust["key"] == tx.signer
+
+
+# -- one function per type: checks first, writes only when valid ---------------------------
+def _identity_register(ctx: _Ctx, tx: Tx) -> str:
+    p = tx.payload
+    if ctx.role(tx.signer, tx.org) != "admin":
+        return "forbidden"
+    if ctx.g.is_genesis_admin(p["pubkey"]) or ctx.st.get(k_identity(p["pubkey"])) is not None:
+        return "identity_exists"
+    ctx.st.put(k_identity(p["pubkey"]), {"org": tx.org, "role": p["role"], "height": ctx.height})
+    return VALID
+
+
+def _customer_register(ctx: _Ctx, tx: Tx) -> str:
+    p = tx.payload
+    if not ctx.staff(tx, tx.org):
+        return "forbidden"
+    if ctx.st.get(k_customer(p["customer_id"])) is not None:
+        return "customer_exists"
+    ctx.st.put(k_customer(p["customer_id"]), {
+        "owner": tx.org, "key": p["customer_key"], "profile_hash": p["profile_hash"],
+        "erased": False, "registered": ctx.height})
+    return VALID
+
+
+def _customer_update(ctx: _Ctx, tx: Tx) -> str:
+    p = tx.payload
+    cust, err = _customer(ctx, p["customer_id"])
+    if err:
+        return err
+    if not ctx.staff(tx, cust["owner"]):
+        return "forbidden"
+    ctx.st.put(k_customer(p["customer_id"]), {**cust, "profile_hash": p["profile_hash"]})
+    return VALID
+
+
+def _consent_grant(ctx: _Ctx, tx: Tx) -> str:
+    p = tx.payload
+    cust, err = _customer(ctx, p["customer_id"])
+    if err:
+        return err
+    if not _is_customer(tx, cust):
+        return "forbidden"
+    if p["grantee_org"] not in ctx.g.orgs:
+        return "unknown_org"
+    if p["expires_ts"] is not None and p["expires_ts"] <= ctx.ts:
+        return "bad_expiry"
+    ctx.st.put(k_consent(p["customer_id"], p["grantee_org"]), {
+        "scope": p["scope"], "purpose": p["purpose"], "expires_ts": p["expires_ts"],
+        "granted": ctx.height})
+    return VALID
+
+
+def _consent_revoke(ctx: _Ctx, tx: Tx) -> str:
+    p = tx.payload
+    cust, err = _customer(ctx, p["customer_id"])
+    if err:
+        return err
+    if not _is_customer(tx, cust):
+        return "forbidden"
+    key = k_consent(p["customer_id"], p["grantee_org"])
+    if ctx.st.get(key) is None:
+        return "no_consent"
+    ctx.st.put(key, None)
+    return VALID
+
+
+def _customer_erase(ctx: _Ctx, tx: Tx) -> str:
+    p = tx.payload
+    cust, err = _customer(ctx, p["customer_id"])
+    if err:
+        return err
+    by_owner_admin = tx.org == cust["owner"] and ctx.role(tx.signer, tx.org) == "admin"
+    if not (_is_customer(tx, cust) or by_owner_admin):
+        return "forbidden"
+    ctx.st.put(k_customer(p["customer_id"]), {**cust, "erased": True, "profile_hash": None,
+                                              "erased_at": ctx.height})
+    return VALID
+
+
+def _ticket_open(ctx: _Ctx, tx: Tx) -> str:
+    p = tx.payload
+    if ctx.st.get(k_ticket(p["ticket_id"])) is not None:
+        return "ticket_exists"
+    cust, err = _customer(ctx, p["customer_id"])
+    if err:
+        return err
+    if _is_customer(tx, cust):
+        org = cust["owner"]
+    elif ctx.staff(tx, tx.org) and (tx.org == cust["owner"] or ctx.consent_active(p["customer_id"], tx.org)):
+        org = tx.org
+    else:
+        return "forbidden"
+    ctx.st.put(k_ticket(p["ticket_id"]), {
+        "org": org, "customer_id": p["customer_id"], "channel": p["channel"], "status": "open",
+        "timeline": [{"height": ctx.height, "ts": ctx.ts, "status": "open",
+                      "note_hash": p["subject_hash"], "by": tx.signer}]})
+    return VALID
+
+
+def _ticket_update(ctx: _Ctx, tx: Tx) -> str:
+    p = tx.payload
+    t = ctx.st.get(k_ticket(p["ticket_id"]))
+    if t is None:
+        return "unknown_ticket"
+    if not ctx.staff(tx, t["org"]):
+        return "forbidden"
+    if t["status"] == "closed":
+        return "ticket_closed"
+    step = {"height": ctx.height, "ts": ctx.ts, "status": p["status"], "note_hash": p["note_hash"],
+            "by": tx.signer}
+    ctx.st.put(k_ticket(p["ticket_id"]), {**t, "status": p["status"], "timeline": t["timeline"] + [step]})
+    return VALID
+
+
+def _loyalty_issue(ctx: _Ctx, tx: Tx) -> str:
+    p = tx.payload
+    _, err = _customer(ctx, p["customer_id"])
+    if err:
+        return err
+    key = k_loyalty(p["customer_id"], p["program"])
+    acct = ctx.st.get(key)
+    if not ctx.staff(tx, tx.org) or (acct is not None and acct["org"] != tx.org):
+        return "forbidden"  # a program belongs to the org that first issued in it
+    balance = acct["balance"] if acct else 0
+    if balance + p["amount"] > INT_MAX:
+        return "overflow"
+    ctx.st.put(key, {"org": tx.org, "balance": balance + p["amount"]})
+    return VALID
+
+
+def _loyalty_redeem(ctx: _Ctx, tx: Tx) -> str:
+    p = tx.payload
+    cust, err = _customer(ctx, p["customer_id"])
+    if err:
+        return err
+    if not _is_customer(tx, cust):
+        return "forbidden"
+    key = k_loyalty(p["customer_id"], p["program"])
+    acct = ctx.st.get(key)
+    if acct is None or acct["balance"] < p["amount"]:
+        return "insufficient_balance"
+    ctx.st.put(key, {**acct, "balance": acct["balance"] - p["amount"]})
+    return VALID
+
+
+_HANDLERS: dict[str, Callable[[_Ctx, Tx], str]] = {
+    "identity.register": _identity_register,
+    "customer.register": _customer_register,
+    "customer.update": _customer_update,
+    "consent.grant": _consent_grant,
+    "consent.revoke": _consent_revoke,
+    "customer.erase": _customer_erase,
+    "ticket.open": _ticket_open,
+    "ticket.update": _ticket_update,
+    "loyalty.issue": _loyalty_issue,
+    "loyalty.redeem": _loyalty_redeem,
+}
+
+
+def _subject(ctx: _Ctx, tx: Tx) -> str | None:
+    cid = tx.payload.get("customer_id")
+    if cid is None and tx.type == "ticket.update":
+        t = ctx.st.get(k_ticket(tx.payload["ticket_id"]))
+        cid = t["customer_id"] if t else None
+    return cid
+
+
+def apply_block(genesis: Genesis, view: LedgerView, txs: list[Tx], *, height: int,
+                timestamp: int) -> BlockOutcome:
+    st = _Overlay(view)
+    ctx = _Ctx(genesis, st, height, timestamp)
+    ids: set[str] = set()
+    nonces: set[tuple[str, str]] = set()
+    results = []
+    for tx in txs:
+        sn = (tx.signer, tx.nonce)
+        if tx.tx_id in ids or sn in nonces or view.tx_seen(tx.tx_id) or view.nonce_seen(*sn):
+            results.append(TxResult("duplicate", _subject(ctx, tx)))
+            continue
+        ids.add(tx.tx_id)
+        nonces.add(sn)
+        if abs(tx.ts - timestamp) > STALE_MS:
+            code = "stale"
+        else:
+            code = _HANDLERS[tx.type](ctx, tx)
+        results.append(TxResult(code, _subject(ctx, tx)))
+    return BlockOutcome(tuple(results), st.changes())

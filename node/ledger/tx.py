@@ -1,0 +1,228 @@
+"""Transactions (SPEC §2): the envelope `{"body": BODY, "sig": HEX}`, its canonical and
+signing bytes, tx_id, and the shape of each type's payload (SPEC §3). Everything here
+is checked once, at admission; authorization and state rules are in `rules`."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+
+from .canonical import EncodingError, canonical, canonical_bytes, unpack_strict
+from .keys import SigningKey, verify
+
+TX_PREFIX = b"crmledger/tx/v1\n"
+MAX_TX_BYTES = 64 * 1024
+
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_HEXANY = re.compile(r"(?:[0-9a-f]{2})*\Z")
+_ID = re.compile(r"[A-Za-z0-9._:@+\-]{1,128}\Z")
+
+
+class TxError(ValueError):
+    """A transaction refused before it enters any pool: `code` is `malformed` or
+    `bad_signature`."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _malformed(detail: str) -> TxError:
+    return TxError("malformed", detail)
+
+
+# -- field checks: each returns an error text or None --------------------------------
+Check = Callable[[Any], "str | None"]
+
+
+def _hex64(v: Any) -> str | None:
+    return None if type(v) is str and _HEX64.match(v) else "must be 64 lowercase hex characters"
+
+
+def _ident(v: Any) -> str | None:
+    return None if type(v) is str and _ID.match(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : @ + -"
+
+
+def _text(max_len: int) -> Check:
+    def check(v: Any) -> str | None:
+        return None if type(v) is str and 0 < len(v) <= max_len else f"must be a string of 1-{max_len} characters"
+    return check
+
+
+def _one_of(*options: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in options and type(v) is str else f"must be one of {', '.join(options)}"
+    return check
+
+
+def _or_null(inner: Check) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v is None else inner(v)
+    return check
+
+
+def _positive_int(v: Any) -> str | None:
+    return None if type(v) is int and v > 0 else "must be a positive integer"
+
+
+def _int(v: Any) -> str | None:
+    return None if type(v) is int else "must be an integer"
+
+
+def _scope(v: Any) -> str | None:
+    if type(v) is not list or not v or len(v) > 64:
+        return 'must be a list of 1-64 field names, or ["*"]'
+    if "*" in v and v != ["*"]:
+        return '"*" must stand alone'
+    if len(set(v)) != len(v):
+        return "has repeated field names"
+    for f in v:
+        if f != "*" and _ident(f):
+            return "field names must be 1-128 characters of A-Z a-z 0-9 . _ : @ + -"
+    return None
+
+
+PAYLOADS: dict[str, dict[str, Check]] = {
+    "identity.register": {"pubkey": _hex64, "role": _one_of("agent", "admin")},
+    "customer.register": {"customer_id": _ident, "customer_key": _or_null(_hex64), "profile_hash": _hex64},
+    "customer.update": {"customer_id": _ident, "profile_hash": _hex64},
+    "consent.grant": {"customer_id": _ident, "grantee_org": _ident, "scope": _scope,
+                      "purpose": _text(256), "expires_ts": _or_null(_int)},
+    "consent.revoke": {"customer_id": _ident, "grantee_org": _ident},
+    "customer.erase": {"customer_id": _ident},
+    "ticket.open": {"ticket_id": _ident, "customer_id": _ident, "channel": _text(64), "subject_hash": _hex64},
+    "ticket.update": {"ticket_id": _ident, "status": _one_of("open", "in_progress", "resolved", "closed"),
+                      "note_hash": _hex64},
+    "loyalty.issue": {"customer_id": _ident, "program": _ident, "amount": _positive_int},
+    "loyalty.redeem": {"customer_id": _ident, "program": _ident, "amount": _positive_int},
+}
+TX_TYPES = frozenset(PAYLOADS)
+
+_BODY: dict[str, Check] = {
+    "type": lambda v: None if v in PAYLOADS else f"must be one of {', '.join(sorted(PAYLOADS))}",
+    "signer": _hex64,
+    "org": lambda v: None if v == "" else _ident(v),
+    "nonce": lambda v: None if type(v) is str and 1 <= len(v) <= 64 else "must be a string of 1-64 characters",
+    "ts": lambda v: None if type(v) is int and v >= 0 else "must be a non-negative integer (Unix ms)",
+    "payload": lambda v: None if type(v) is dict else "must be a map",
+}
+
+
+def _check_fields(obj: dict, spec: dict[str, Check], where: str) -> None:
+    for name, check in spec.items():
+        if name not in obj:
+            raise _malformed(f"{where}: missing field '{name}'")
+        why = check(obj[name])
+        if why:
+            raise _malformed(f"{where}.{name} {why}")
+    extra = set(obj) - set(spec)
+    if extra:
+        raise _malformed(f"{where}: unknown field(s) {', '.join(sorted(map(str, extra)))}")
+
+
+@dataclass(frozen=True, slots=True)
+class Tx:
+    body: dict
+    sig: bytes
+    signing_bytes: bytes
+    tx_id: str
+
+    @property
+    def type(self) -> str:
+        return self.body["type"]
+
+    @property
+    def signer(self) -> str:
+        return self.body["signer"]
+
+    @property
+    def org(self) -> str:
+        return self.body["org"]
+
+    @property
+    def nonce(self) -> str:
+        return self.body["nonce"]
+
+    @property
+    def ts(self) -> int:
+        return self.body["ts"]
+
+    @property
+    def payload(self) -> dict:
+        return self.body["payload"]
+
+    def envelope(self) -> dict:
+        return {"body": self.body, "sig": self.sig.hex()}
+
+    def encode(self) -> bytes:
+        """The stored and gossiped form: canonical msgpack of the envelope."""
+        return canonical_bytes(self.envelope())
+
+    def signature_ok(self) -> bool:
+        return verify(self.signer, self.sig, self.signing_bytes)
+
+
+def signing_bytes(body: dict) -> bytes:
+    return TX_PREFIX + canonical_bytes(body)
+
+
+def tx_id_of(sb: bytes) -> str:
+    return hashlib.sha256(sb).hexdigest()
+
+
+def parse_envelope(obj: Any) -> Tx:
+    """Check the shape of an envelope decoded from JSON or msgpack; the signature is
+    not checked here (see `admit`)."""
+    if type(obj) is not dict:
+        raise _malformed("an envelope must be a map with 'body' and 'sig'")
+    if set(obj) != {"body", "sig"}:
+        raise _malformed("an envelope has exactly the fields 'body' and 'sig'")
+    sig = obj["sig"]
+    if type(sig) is not str or len(sig) != 128 or not _HEXANY.match(sig):
+        raise _malformed("sig must be 128 lowercase hex characters")
+    try:
+        body = canonical(obj["body"])
+    except EncodingError as e:
+        raise _malformed(f"body: {e}") from None
+    if type(body) is not dict:
+        raise _malformed("body must be a map")
+    _check_fields(body, _BODY, "body")
+    _check_fields(body["payload"], PAYLOADS[body["type"]], "payload")
+    sb = TX_PREFIX + msgpack.packb(body, use_bin_type=True)  # body is canonical already
+    if len(sb) > MAX_TX_BYTES:
+        raise _malformed(f"body larger than {MAX_TX_BYTES} bytes")
+    return Tx(body, bytes.fromhex(sig), sb, tx_id_of(sb))
+
+
+def admit(obj: Any) -> Tx:
+    """Parse and verify the signature: what every node does once per transaction."""
+    tx = parse_envelope(obj)
+    if not tx.signature_ok():
+        raise TxError("bad_signature", "the signature does not verify against body.signer")
+    return tx
+
+
+def decode_tx(data: bytes) -> Tx:
+    """An envelope in its stored msgpack form (from a block or a peer)."""
+    try:
+        obj = unpack_strict(data, MAX_TX_BYTES + 256)
+    except EncodingError as e:
+        raise _malformed(str(e)) from None
+    return parse_envelope(obj)
+
+
+def sign_tx(key: SigningKey, type_: str, org: str, nonce: str, ts: int, payload: dict) -> dict:
+    """A signed envelope (as a JSON-ready map) for `key`."""
+    body = {"type": type_, "signer": key.public_hex, "org": org, "nonce": nonce, "ts": ts,
+            "payload": payload}
+    return {"body": body, "sig": key.sign(signing_bytes(body)).hex()}
+
+
+
+def profile_hash(salt: bytes, profile: dict) -> str:
+    """SPEC §3: hex SHA-256 of salt + msgpack(canonical(profile))."""
+    return hashlib.sha256(salt + canonical_bytes(profile)).hexdigest()

@@ -1,0 +1,215 @@
+"""The Raft log and hard state on SQLite: the durable implementation of the consensus
+core's `Storage`. Every write is fsynced before it returns, so term, vote and entries are
+on disk before any answer that depends on them leaves the node. Reads of recent entries
+are served from a bounded in-memory tail.
+
+It shares the node's database with the ledger, so that the configuration as of the
+applied index (`conf` in `raft_meta`) is written in the same transaction as each applied
+block (see `write_conf_state`)."""
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from pathlib import Path
+from typing import Sequence
+
+import msgpack
+
+from consensus import (
+    CompactedError, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta,
+    SnapshotOutOfDate, UnavailableError,
+)
+from consensus.storage import limit_size
+
+from .sqlite import connect, transaction
+
+TAIL = 4096  # entries kept in memory for followers that are only a little behind
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL,
+                                     type INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS raft_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+"""
+
+
+def _pack_conf(cs: ConfState) -> list:
+    return [sorted(cs.voters), sorted(cs.learners), sorted(cs.promoting)]
+
+
+def _unpack_conf(v: list) -> ConfState:
+    return ConfState(frozenset(v[0]), frozenset(v[1]), frozenset(v[2]))
+
+
+def _pack_snapshot(s: Snapshot) -> bytes:
+    return msgpack.packb([s.index, s.term, _pack_conf(s.meta.conf_state), s.data], use_bin_type=True)
+
+
+def _unpack_snapshot(b: bytes) -> Snapshot:
+    i, t, cs, data = msgpack.unpackb(b, raw=False)
+    return Snapshot(SnapshotMeta(i, t, _unpack_conf(cs)), data)
+
+
+def write_conf_state(c: sqlite3.Connection, cs: ConfState) -> None:
+    """Record the configuration as of the applied index, inside the caller's transaction."""
+    c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('conf', ?)", (msgpack.packb(_pack_conf(cs)),))
+
+
+class SqliteRaftStorage:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        conn.executescript(_SCHEMA)
+        meta = dict(conn.execute("SELECT k, v FROM raft_meta"))
+        self.hard_state = HardState(*msgpack.unpackb(meta["hs"])) if "hs" in meta else HardState()
+        self.snap = _unpack_snapshot(meta["snap"]) if "snap" in meta else Snapshot()
+        self._conf = _unpack_conf(msgpack.unpackb(meta["conf"])) if "conf" in meta else None
+        # entries up to `offset` are compacted; its term is still known
+        self._offset = tuple(msgpack.unpackb(meta["offset"])) if "offset" in meta \
+            else (self.snap.index, self.snap.term)
+        row = conn.execute("SELECT MAX(idx) FROM raft_log").fetchone()
+        self._last = max(row[0] or 0, self._offset[0])
+        self._tail: deque[Entry] = deque(maxlen=TAIL)
+        lo = max(self._offset[0] + 1, self._last - TAIL + 1)
+        for e in self._select(lo, self._last + 1):
+            self._tail.append(e)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "SqliteRaftStorage":
+        return cls(connect(path))
+
+    def bootstrap(self, snap: Snapshot, hs: HardState) -> None:
+        """A founding member's first state (see consensus.bootstrap_snapshot)."""
+        self.save(hs, (), snap)
+
+    # -- reads (the core's Storage) ---------------------------------------------------
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        conf = self._conf if self._conf is not None else self.snap.meta.conf_state
+        return self.hard_state, conf
+
+    def first_index(self) -> int:
+        return self._offset[0] + 1
+
+    def last_index(self) -> int:
+        return self._last
+
+    def snapshot(self) -> Snapshot:
+        return self.snap
+
+    def term(self, index: int) -> int:
+        if index == self._offset[0]:
+            return self._offset[1]
+        if index < self._offset[0]:
+            raise CompactedError(index)
+        if index > self._last:
+            raise UnavailableError(index)
+        if self._tail and index >= self._tail[0].index:
+            return self._tail[index - self._tail[0].index].term
+        row = self.conn.execute("SELECT term FROM raft_log WHERE idx=?", (index,)).fetchone()
+        if row is None:
+            raise UnavailableError(index)
+        return row[0]
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        if lo <= self._offset[0]:
+            raise CompactedError(lo)
+        if hi > self._last + 1:
+            raise UnavailableError(hi)
+        if self._tail and lo >= self._tail[0].index:
+            off = self._tail[0].index
+            ents = [self._tail[i - off] for i in range(lo, hi)]
+        else:
+            ents = self._select(lo, hi, max_size)
+        return limit_size(ents, max_size)
+
+    def _select(self, lo: int, hi: int, max_size: int | None = None) -> list[Entry]:
+        out, size = [], 0
+        for idx, term, typ, data in self.conn.execute(
+                "SELECT idx, term, type, data FROM raft_log WHERE idx >= ? AND idx < ? ORDER BY idx", (lo, hi)):
+            e = Entry(term, idx, data, EntryType(typ))
+            size += e.size()
+            out.append(e)
+            if max_size is not None and size > max_size:
+                break
+        return out
+
+    # -- writes -----------------------------------------------------------------------
+    def save(self, hard_state: HardState | None, entries: Sequence[Entry],
+             snapshot: Snapshot | None = None) -> None:
+        """A Ready's writes in one transaction: snapshot, entries, hard state."""
+        with transaction(self.conn, durable=True) as c:
+            if snapshot is not None:
+                self._apply_snapshot(c, snapshot)
+            if entries:
+                self._append(c, entries)
+            if hard_state is not None:
+                c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('hs', ?)",
+                          (msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit]),))
+        if hard_state is not None:
+            self.hard_state = hard_state
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        self.save(None, entries)
+
+    def set_hard_state(self, hs: HardState) -> None:
+        self.save(hs, ())
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        self.save(None, (), snap)
+
+    def _append(self, c: sqlite3.Connection, entries: Sequence[Entry]) -> None:
+        first = self.first_index()
+        entries = [e for e in entries if e.index >= first]
+        if not entries:
+            return
+        start = entries[0].index
+        if start > self._last + 1:
+            raise UnavailableError(f"gap: appending {start} after {self._last}")
+        if start <= self._last:
+            c.execute("DELETE FROM raft_log WHERE idx >= ?", (start,))
+            while self._tail and self._tail[-1].index >= start:
+                self._tail.pop()
+        c.executemany("INSERT INTO raft_log VALUES (?, ?, ?, ?)",
+                      [(e.index, e.term, int(e.type), e.data) for e in entries])
+        self._tail.extend(entries)
+        self._last = entries[-1].index
+
+    def _apply_snapshot(self, c: sqlite3.Connection, snap: Snapshot) -> None:
+        if snap.index <= self.snap.index:
+            raise SnapshotOutOfDate(snap.index)
+        c.execute("DELETE FROM raft_log")
+        c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('snap', ?)", (_pack_snapshot(snap),))
+        c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('offset', ?)", (msgpack.packb([snap.index, snap.term]),))
+        write_conf_state(c, snap.meta.conf_state)
+        self.snap = snap
+        self._conf = snap.meta.conf_state
+        self._offset = (snap.index, snap.term)
+        self._tail.clear()
+        self._last = snap.index
+
+    def create_snapshot(self, index: int, cs: ConfState, data: bytes) -> Snapshot:
+        if index <= self.snap.index:
+            raise SnapshotOutOfDate(index)
+        if index > self._last:
+            raise UnavailableError(index)
+        snap = Snapshot(SnapshotMeta(index, self.term(index), cs), data)
+        with transaction(self.conn, durable=True) as c:
+            c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('snap', ?)", (_pack_snapshot(snap),))
+        self.snap = snap
+        return snap
+
+    def compact(self, index: int) -> None:
+        """Drop entries up to `index`, which the snapshot must cover."""
+        if index <= self._offset[0]:
+            raise CompactedError(index)
+        if index > self.snap.index:
+            raise UnavailableError(f"compacting to {index} beyond the snapshot at {self.snap.index}")
+        offset = (index, self.term(index))
+        with transaction(self.conn, durable=True) as c:
+            c.execute("DELETE FROM raft_log WHERE idx <= ?", (index,))
+            c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('offset', ?)", (msgpack.packb(list(offset)),))
+        self._offset = offset
+        while self._tail and self._tail[0].index <= index:
+            self._tail.popleft()
+
+    def note_conf_state(self, cs: ConfState) -> None:
+        """The caller wrote `cs` with `write_conf_state` in its own transaction."""
+        self._conf = cs

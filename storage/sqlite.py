@@ -1,0 +1,39 @@
+"""Opening SQLite the one way this project does: WAL, foreign keys off, explicit
+transactions (`isolation_level=None`, BEGIN/COMMIT by hand), a chosen sync level."""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def connect(path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = False,
+            secure_delete: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA cache_size=-32000")   # 32 MB page cache at most
+    conn.execute("PRAGMA temp_store=MEMORY")
+    if secure_delete:
+        conn.execute("PRAGMA secure_delete=ON")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, durable: bool = False) -> Iterator[sqlite3.Connection]:
+    """BEGIN ... COMMIT; with `durable`, the commit is fsynced before it returns
+    (synchronous=FULL), otherwise it survives a crash of the process but may be lost
+    with the machine's power (synchronous=NORMAL in WAL mode)."""
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
