@@ -13,7 +13,25 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batch", type=int, default=256, help="entries per proposal")
     b.add_argument("--size", type=int, default=128, help="bytes per entry")
     b.add_argument("--runs", type=int, default=5)
+    s = sub.add_parser("bench-store", help="benchmark the durable store and verify on a long chain")
+    s.add_argument("--transactions", type=int, default=1_000_000)
+    s.add_argument("--block", type=int, default=500, help="transactions per block")
+    s.add_argument("--workdir", default=None, help="where to build the chain (default: a temporary folder)")
+    v = sub.add_parser("verify", help="audit a node's chain offline (SPEC §6)")
+    v.add_argument("--data-dir", required=True, help="the node's data directory")
+    v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
     a = ap.parse_args(argv)
+    if a.cmd == "bench-store":
+        from .bench_store import run as run_store
+        if a.transactions < a.block or a.block <= 0:
+            ap.error("need --transactions >= --block > 0")
+        run_store(a.transactions, a.block, workdir=a.workdir)
+        return 0
+    if a.cmd == "verify":
+        from .verify import main as verify_main
+        if a.workers is not None and a.workers <= 0:
+            ap.error("--workers must be positive")
+        return verify_main(a.data_dir, a.workers)
     if a.cmd == "bench-raft":
         from .bench_raft import run
         for name in ("entries", "batch", "size", "runs"):

@@ -8,7 +8,6 @@ memory, so memory does not grow with the chain.
 """
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -25,15 +24,13 @@ from node.ledger.tx import Tx
 
 from .raft_store import write_conf_state
 from .sqlite import transaction
+from .tx_index import TxIndex, nonce_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NULL,
     header BLOB NOT NULL, sig BLOB NOT NULL, ntx INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS txs (seq INTEGER PRIMARY KEY, tx_id BLOB NOT NULL,
-    sn BLOB NOT NULL, code INTEGER NOT NULL, subject TEXT, env BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS txs_by_id ON txs(tx_id);
-CREATE INDEX IF NOT EXISTS txs_by_sn ON txs(sn);
-CREATE INDEX IF NOT EXISTS txs_by_subject ON txs(subject, seq) WHERE subject IS NOT NULL;
+CREATE TABLE IF NOT EXISTS txs (seq INTEGER PRIMARY KEY, tx_id BLOB NOT NULL, sn BLOB NOT NULL,
+    code INTEGER NOT NULL, subject TEXT, env BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS state (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 """
@@ -46,8 +43,6 @@ def seq_of(height: int, pos: int) -> int:
     return (height << POS_BITS) | pos
 
 
-def nonce_key(signer: str, nonce: str) -> bytes:
-    return hashlib.sha256(signer.encode() + b"\x00" + nonce.encode()).digest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,17 +54,19 @@ class TxRecord:
 
 
 class _BlockView:
-    """What the rules read while one block is applied: prefetched, then per key."""
+    """What the rules read while one block is applied, fetched for the whole block in a
+    few queries (then per key, for anything not foreseen)."""
     __slots__ = ("store", "state", "ids", "sns")
 
-    def __init__(self, store: "LedgerStore", txs: list[Tx]) -> None:
+    def __init__(self, store: "LedgerStore", txs: list[Tx], ids: list[bytes], sns: list[bytes]) -> None:
         self.store = store
         keys = {k for tx in txs for k in keys_for(tx)}
-        self.state = dict(store._select_in("SELECT k, v FROM state WHERE k IN ({})", keys))
-        self.ids = {r[0] for r in store._select_in("SELECT tx_id FROM txs WHERE tx_id IN ({})",
-                                                   {bytes.fromhex(t.tx_id) for t in txs})}
-        self.sns = {r[0] for r in store._select_in("SELECT sn FROM txs WHERE sn IN ({})",
-                                                   {nonce_key(t.signer, t.nonce) for t in txs})}
+        self.state: dict[bytes, bytes | None] = dict.fromkeys(keys)
+        self.state.update(store._select_in("SELECT k, v FROM state WHERE k IN ({})", keys))
+        found = store.index.seen_tx_ids(ids)
+        self.ids = {tx.tx_id for tx, i in zip(txs, ids) if i in found}
+        found = store.index.seen_nonces(sns)
+        self.sns = {(tx.signer, tx.nonce) for tx, sn in zip(txs, sns) if sn in found}
 
     def get(self, key: bytes) -> bytes | None:
         if key in self.state:
@@ -77,28 +74,30 @@ class _BlockView:
         return self.store.get_raw(key)
 
     def tx_seen(self, tx_id: str) -> bool:
-        return bytes.fromhex(tx_id) in self.ids
+        return tx_id in self.ids
 
     def nonce_seen(self, signer: str, nonce: str) -> bool:
-        return nonce_key(signer, nonce) in self.sns
+        return (signer, nonce) in self.sns
 
 
 class LedgerStore:
-    def __init__(self, conn: sqlite3.Connection, genesis: Genesis) -> None:
+    def __init__(self, conn: sqlite3.Connection, genesis: Genesis, readonly: bool = False) -> None:
         self.conn = conn
         self.genesis = genesis
-        conn.executescript(_SCHEMA)
+        if not readonly:
+            conn.executescript(_SCHEMA)
         meta = dict(conn.execute("SELECT k, v FROM ledger_meta"))
         stored_genesis = meta.get("genesis")
-        if stored_genesis is None:
+        if stored_genesis is None and not readonly:
             with transaction(conn, durable=True) as c:
                 c.execute("INSERT INTO ledger_meta VALUES ('genesis', ?)", (genesis.hash.encode(),))
-        elif stored_genesis.decode() != genesis.hash:
+        elif stored_genesis is not None and stored_genesis.decode() != genesis.hash:
             raise ValueError("this data directory belongs to a chain with another genesis")
         self.height = int(meta.get("height", b"0"))
         self.head_hash = meta.get("head", genesis.hash.encode()).decode()
         self.acc = int.from_bytes(meta["acc"], "big") if "acc" in meta else stateroot.EMPTY
         self.applied_index = int(meta.get("applied", b"0"))
+        self.index = TxIndex(conn, readonly=readonly)
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -125,11 +124,11 @@ class LedgerStore:
             yield k, msgpack.unpackb(v, raw=False)
 
     def tx_record(self, tx_id: str) -> TxRecord | None:
-        row = self.conn.execute("SELECT seq, code FROM txs WHERE tx_id=? ORDER BY seq LIMIT 1",
-                                (bytes.fromhex(tx_id),)).fetchone()
-        if row is None:
+        seq = self.index.seq_of(bytes.fromhex(tx_id))
+        if seq is None:
             return None
-        return TxRecord(tx_id, row[0] >> POS_BITS, row[0] & ((1 << POS_BITS) - 1), CODES[row[1]])
+        code = self.conn.execute("SELECT code FROM txs WHERE seq=?", (seq,)).fetchone()[0]
+        return TxRecord(tx_id, seq >> POS_BITS, seq & ((1 << POS_BITS) - 1), CODES[code])
 
     def block_header(self, height: int) -> tuple[BlockHeader, bytes, str] | None:
         row = self.conn.execute("SELECT header, sig, hash FROM blocks WHERE height=?", (height,)).fetchone()
@@ -145,10 +144,12 @@ class LedgerStore:
 
     def history(self, subject: str, limit: int = 1000, after_seq: int = -1) -> list[tuple[int, int, str, str, bytes]]:
         """(height, pos, tx_id, code, envelope) touching a customer, oldest first."""
-        rows = self.conn.execute(
-            "SELECT seq, tx_id, code, env FROM txs WHERE subject=? AND seq > ? ORDER BY seq LIMIT ?",
-            (subject, after_seq, limit))
-        return [(s >> POS_BITS, s & ((1 << POS_BITS) - 1), t.hex(), CODES[c], e) for s, t, c, e in rows]
+        out = []
+        for seq in self.index.subject_seqs(subject, after_seq, limit):
+            row = self.conn.execute("SELECT tx_id, code, env, subject FROM txs WHERE seq=?", (seq,)).fetchone()
+            if row[3] == subject:
+                out.append((seq >> POS_BITS, seq & ((1 << POS_BITS) - 1), row[0].hex(), CODES[row[1]], row[2]))
+        return out
 
     def iter_blocks(self, start: int = 1) -> Iterator[tuple[int, bytes, bytes, bytes]]:
         """(height, stored hash, header bytes, sig) in height order, streaming."""
@@ -172,12 +173,15 @@ class LedgerStore:
             self.mark_applied(raft_index, conf_state)
             return why
         h = block.header
-        outcome = apply_block(self.genesis, _BlockView(self, txs), txs, height=h.height, timestamp=h.timestamp)
+        ids = [bytes.fromhex(tx.tx_id) for tx in txs]
+        sns = [nonce_key(tx.signer, tx.nonce) for tx in txs]
+        outcome = apply_block(self.genesis, _BlockView(self, txs, ids, sns), txs,
+                              height=h.height, timestamp=h.timestamp)
         acc = stateroot.update(self.acc, outcome.changes)
         head = h.hash()
-        rows = [(seq_of(h.height, i), bytes.fromhex(tx.tx_id), nonce_key(tx.signer, tx.nonce),
-                 CODE_NUM[r.code], r.subject, stored)
-                for i, (tx, r, stored) in enumerate(zip(txs, outcome.results, block.txs))]
+        base = seq_of(h.height, 0)
+        rows = [(base + i, ids[i], sns[i], CODE_NUM[r.code], r.subject, stored)
+                for i, (r, stored) in enumerate(zip(outcome.results, block.txs))]
         with transaction(self.conn) as c:
             c.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
                       (h.height, bytes.fromhex(head), canonical_bytes(h.to_map()), block.sig, len(txs)))
@@ -190,6 +194,7 @@ class LedgerStore:
             if conf_state is not None:
                 write_conf_state(c, conf_state)
         self.height, self.head_hash, self.acc, self.applied_index = h.height, head, acc, raft_index
+        self.index.note_block([(r[0], r[1], r[2], r[4]) for r in rows])
         return outcome
 
     def mark_applied(self, raft_index: int, conf_state: ConfState | None = None) -> None:

@@ -15,7 +15,9 @@ def connect(path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = F
                                check_same_thread=False)
     else:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA page_size=16384")         # takes effect on a new database
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=2000")  # pages: a WAL of at most ~32 MB
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA cache_size=-32000")   # 32 MB page cache at most
     conn.execute("PRAGMA temp_store=MEMORY")

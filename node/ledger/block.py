@@ -81,7 +81,9 @@ def tx_id_of_stored(stored: bytes) -> str:
 
 def decode_block(data: bytes) -> Block:
     try:
-        obj = msgpack.unpackb(data, raw=False, max_buffer_size=MAX_BLOCK_BYTES, strict_map_key=True)
+        if len(data) > MAX_BLOCK_BYTES:
+            raise BlockError("block too large")
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as e:  # any malformed input: msgpack raises several kinds
         raise BlockError(f"not a block: {e}") from None
     if type(obj) is not list or len(obj) != 3 or type(obj[1]) is not bytes or type(obj[2]) is not list:

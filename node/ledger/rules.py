@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 
 import msgpack
 
-from .canonical import INT_MAX, canonical_bytes
+from .canonical import INT_MAX, trusted_canonical_bytes
 from .genesis import Genesis
 from .tx import Tx
 
@@ -115,7 +115,7 @@ class _Overlay:
     def put(self, key: bytes, obj: Any) -> None:
         if key not in self.cur:
             self.get(key)
-        self.cur[key] = None if obj is None else canonical_bytes(obj)
+        self.cur[key] = None if obj is None else trusted_canonical_bytes(obj)
         self.dec[key] = obj
 
     def changes(self) -> tuple[tuple[bytes, bytes | None, bytes | None], ...]:

@@ -1,0 +1,241 @@
+"""`crmledger bench-store`: the durable store on a chain of many transactions.
+
+Builds a chain of N transactions (default 1,000,000) in blocks of 500 — a mix of every
+transaction type, signed ahead of time in worker processes — and prints:
+  * append rate: CPU time of the node's append path per block (Raft log write of the
+    block entry, then apply: rules, world state, block, transaction index, in one
+    transaction), signatures already verified;
+  * verify rate of `crmledger verify` on the result, beside this machine's single-core
+    Ed25519 verify rate measured in the same run;
+  * reopen time of the data directory;
+  * peak memory of the appending process and of verify.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import msgpack
+
+from consensus import Entry, HardState, bootstrap_snapshot
+from node.ledger.block import make_block
+from node.ledger.genesis import genesis_from_dict
+from node.ledger.keys import SigningKey, verify, verify_with_cryptography
+from node.ledger.tx import decode_tx, sign_tx
+from storage.datadir import open_data_dir
+
+T0 = 1_760_000_000_000
+
+
+def _key(name: str) -> SigningKey:
+    return SigningKey.from_seed(hashlib.sha256(name.encode()).digest())
+
+
+def _genesis() -> dict:
+    orgs = {f"org{i}": {"admins": [_key(f"org{i}-admin").public_hex]} for i in (1, 2, 3)}
+    nodes = {f"node{i}": {"raft_id": i, "org": f"org{i}", "pubkey": _key(f"node{i}").public_hex,
+                          "peer_addr": f"127.0.0.1:{9000 + i}", "api_addr": f"127.0.0.1:{8000 + i}"}
+             for i in (1, 2, 3)}
+    return {"chain_id": "bench", "orgs": orgs, "nodes": nodes}
+
+
+def _gen_block(b: int, size: int) -> list[bytes]:
+    """Block b's transactions: half new customers, the rest acting on customers and
+    tickets of earlier blocks (loyalty, tickets, updates, consents, redeems)."""
+    admin = _key("org1-admin")
+    ts = T0 + b * 1000
+    out = []
+    half = size // 2
+    for j in range(half):
+        cid = f"c{b}-{j}"
+        ck = _key(cid) if j % 10 == 0 else None
+        out.append(sign_tx(admin, "customer.register", "org1", f"r{b}-{j}", ts, {
+            "customer_id": cid, "customer_key": ck.public_hex if ck else None,
+            "profile_hash": hashlib.sha256(cid.encode()).hexdigest()}))
+    for j in range(size - half):
+        if b == 0:
+            cid = f"c0-{j % half}"
+            out.append(sign_tx(admin, "loyalty.issue", "org1", f"l{b}-{j}", ts,
+                               {"customer_id": cid, "program": "miles", "amount": 100}))
+            continue
+        cid = f"c{b - 1}-{j % half}"
+        kind = j % 10
+        if kind < 3:
+            body = ("loyalty.issue", "org1", {"customer_id": cid, "program": "miles", "amount": 100})
+        elif kind < 5:
+            body = ("ticket.open", "org1", {"ticket_id": f"t{b}-{j}", "customer_id": cid, "channel": "email",
+                                            "subject_hash": hashlib.sha256(cid.encode()).hexdigest()})
+        elif kind < 7 and b >= 2:
+            body = ("ticket.update", "org1", {"ticket_id": f"t{b - 1}-{j}", "status": "in_progress",
+                                              "note_hash": hashlib.sha256(cid.encode()).hexdigest()})
+        elif kind < 8:
+            body = ("customer.update", "org1", {"customer_id": cid,
+                                                "profile_hash": hashlib.sha256(cid.encode() + b"2").hexdigest()})
+        else:
+            cid = f"c{b - 1}-{(j // 10) * 10 % half}"  # a customer with a key of their own
+            ck = _key(cid)
+            if kind == 8:
+                out.append(sign_tx(ck, "consent.grant", "", f"g{b}-{j}", ts, {
+                    "customer_id": cid, "grantee_org": "org2", "scope": ["email"], "purpose": "support",
+                    "expires_ts": None}))
+            else:
+                out.append(sign_tx(ck, "loyalty.redeem", "", f"x{b}-{j}", ts,
+                                   {"customer_id": cid, "program": "miles", "amount": 1}))
+            continue
+        out.append(sign_tx(admin, body[0], body[1], f"o{b}-{j}", ts, body[2]))
+    from node.ledger.tx import parse_envelope
+    return [parse_envelope(e).encode() for e in out]
+
+
+def _gen_chunk(args: tuple[int, int, int]) -> bytes:
+    first, count, size = args
+    return msgpack.packb([_gen_block(b, size) for b in range(first, first + count)])
+
+
+def _rss_mb(who=resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def _verify_rate(fn, n: int = 2000) -> float:
+    k = _key("ref")
+    msgs = [os.urandom(300) for _ in range(n)]
+    sigs = [k.sign(m) for m in msgs]
+    t = time.process_time()
+    for m, s in zip(msgs, sigs):
+        assert fn(k.public_hex, s, m)
+    return n / (time.process_time() - t)
+
+
+def _generate(path: Path, nblocks: int, block: int, workers: int, say) -> None:
+    chunk, t = 20, time.monotonic()
+    jobs = [(b, min(chunk, nblocks - b), block) for b in range(0, nblocks, chunk)]
+    with open(path, "wb") as f, ProcessPoolExecutor(workers) as pool:
+        window: list = []
+        for i in range(len(jobs) + 2 * workers):   # at most 2 x workers chunks in flight
+            if i < len(jobs):
+                window.append(pool.submit(_gen_chunk, jobs[i]))
+            if len(window) > 2 * workers or (i >= len(jobs) and window):
+                data = window.pop(0).result()
+                f.write(len(data).to_bytes(4, "big") + data)
+        say(f"  signed the workload in {time.monotonic() - t:.0f} s")
+
+
+def _append_main(base: str, total: int, block: int) -> None:
+    """In a process of its own, so that its peak memory is the store's alone."""
+    base_p = Path(base)
+    genesis = genesis_from_dict(_genesis())
+    node_key = _key("node1")
+    dd = open_data_dir(base_p / "node", genesis)
+    dd.raft.bootstrap(bootstrap_snapshot([1, 2, 3]), HardState(term=2))
+    cpu_raft = cpu_apply = 0.0
+    seg_rates: list[float] = []
+    seg_cpu, seg_tx, index = 0.0, 0, 1
+    t_wall = time.monotonic()
+    with open(base_p / "workload.bin", "rb") as f:
+        while head := f.read(4):
+            for envs in msgpack.unpackb(f.read(int.from_bytes(head, "big"))):
+                txs = [decode_tx(e) for e in envs]  # admission: done before a block commits
+                index += 1
+                blk = make_block(node_key, height=dd.ledger.height + 1, prev_hash=dd.ledger.head_hash,
+                                 state_root=dd.ledger.state_root, timestamp=txs[0].ts, proposer="node1",
+                                 term=2, index=index, txs=envs, tx_ids=[x.tx_id for x in txs])
+                data = blk.encode()
+                c0 = time.process_time()
+                dd.raft.save(HardState(2, 1, index), [Entry(2, index, data)])
+                c1 = time.process_time()
+                res = dd.ledger.apply_block(blk, txs, index)
+                c2 = time.process_time()
+                assert not isinstance(res, str), res
+                cpu_raft += c1 - c0
+                cpu_apply += c2 - c1
+                seg_cpu += c2 - c0
+                seg_tx += len(txs)
+                if seg_tx >= total // 10:
+                    seg_rates.append(seg_tx / seg_cpu)
+                    seg_cpu, seg_tx = 0.0, 0
+                    print(f"  appending: {dd.ledger.height * block:,}/{total:,} "
+                          f"({seg_rates[-1]:,.0f} tx/s of CPU in the last tenth)", file=sys.stderr, flush=True)
+    codes = dict(dd.ledger.conn.execute("SELECT code, COUNT(*) FROM txs GROUP BY code").fetchall())
+    out = {"height": dd.ledger.height, "cpu_raft": cpu_raft, "cpu_apply": cpu_apply, "seg_rates": seg_rates,
+           "wall": time.monotonic() - t_wall, "valid": codes.get(0, 0), "peak_mb": _rss_mb()}
+    dd.close()
+    print(json.dumps(out))
+
+
+def _verify_main(data_dir: str) -> None:
+    from .verify import verify as run_verify
+    t = time.monotonic()
+    rep = run_verify(data_dir)
+    print(json.dumps({"ok": rep.ok, "reason": rep.reason, "seconds": time.monotonic() - t, "txs": rep.txs,
+                      "peak_mb": _rss_mb(), "worker_peak_mb": _rss_mb(resource.RUSAGE_CHILDREN)}))
+
+
+def _child(code: str, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark step failed ({proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(total: int = 1_000_000, block: int = 500, workers: int = 2, out=sys.stdout,
+        workdir: str | None = None) -> dict:
+    nblocks = total // block
+    tmp = tempfile.TemporaryDirectory(prefix="crmledger-bench-") if workdir is None else None
+    base = Path(workdir or tmp.name)
+    base.mkdir(parents=True, exist_ok=True)
+    say = lambda s: print(s, file=out, flush=True)  # noqa: E731
+    say(f"store benchmark: {nblocks * block:,} transactions in {nblocks:,} blocks of {block} (in {base})")
+    _generate(base / "workload.bin", nblocks, block, workers, say)
+
+    a = _child("import sys; from node.bench_store import _append_main as m; m(sys.argv[1], int(sys.argv[2]), "
+               "int(sys.argv[3]))", str(base), str(total), str(block))
+    (base / "workload.bin").unlink()
+    reopen = []
+    for _ in range(3):
+        t = time.monotonic()
+        subprocess.run([sys.executable, "-c",
+                        "import sys; from storage.datadir import open_data_dir; d = open_data_dir(sys.argv[1]); "
+                        "print(d.ledger.height, d.raft.last_index()); d.close()", str(base / "node")],
+                       check=True, capture_output=True)
+        reopen.append(time.monotonic() - t)
+    say("  verifying ...")
+    v = _child("import sys; from node.bench_store import _verify_main as m; m(sys.argv[1])", str(base / "node"))
+    if not v["ok"]:
+        raise RuntimeError(f"verify failed: {v['reason']}")
+    ref_nacl = statistics.median(_verify_rate(verify) for _ in range(3))
+    ref_ossl = statistics.median(_verify_rate(verify_with_cryptography) for _ in range(3))
+
+    n = a["height"] * block
+    append_rate = n / (a["cpu_raft"] + a["cpu_apply"])
+    seg_median = statistics.median(a["seg_rates"]) if a["seg_rates"] else append_rate
+    verify_rate = n / v["seconds"]
+    res = {"transactions": n, "append_tx_per_cpu_s": append_rate, "append_segments_median": seg_median,
+           "apply_only_tx_per_cpu_s": n / a["cpu_apply"], "raft_write_tx_per_cpu_s": n / a["cpu_raft"],
+           "append_wall_s": a["wall"], "verify_tx_per_s": verify_rate, "ed25519_verify_per_s": ref_nacl,
+           "ed25519_verify_openssl_per_s": ref_ossl, "reopen_s": statistics.median(reopen),
+           "append_peak_mb": a["peak_mb"], "verify_peak_mb": v["peak_mb"],
+           "verify_worker_peak_mb": v["worker_peak_mb"]}
+    say(f"results ({n:,} transactions, {a['valid']:,} valid; {os.cpu_count()} cores):")
+    say(f"  append        {append_rate:>10,.0f} tx/s of CPU (median of tenths {seg_median:,.0f}; "
+        f"apply alone {res['apply_only_tx_per_cpu_s']:,.0f}, Raft log write alone {res['raft_write_tx_per_cpu_s']:,.0f}; "
+        f"{a['wall']:.0f} s wall)   target >= 50,000: {'met' if seg_median >= 50_000 else 'NOT met'}")
+    say(f"  verify        {verify_rate:>10,.0f} tx/s (wall, {v['seconds']:.0f} s)   single-core Ed25519 verify "
+        f"{ref_nacl:,.0f}/s (libsodium; OpenSSL {ref_ossl:,.0f}/s)   ratio {verify_rate / ref_nacl:.2f}"
+        f"   target >= 0.80: {'met' if verify_rate >= 0.8 * ref_nacl else 'NOT met'}")
+    say(f"  reopen        {res['reopen_s']:>10.2f} s (median of 3, a fresh process)   target < 2 s: "
+        f"{'met' if res['reopen_s'] < 2 else 'NOT met'}")
+    peak = max(a["peak_mb"], v["peak_mb"], v["worker_peak_mb"])
+    say(f"  peak memory   append {a['peak_mb']:.0f} MB; verify {v['peak_mb']:.0f} MB, each worker "
+        f"<= {v['worker_peak_mb']:.0f} MB   target < 200 MB: {'met' if peak < 200 else 'NOT met'}")
+    if tmp is not None:
+        tmp.cleanup()
+    return res
