@@ -87,9 +87,9 @@ def verify(data_dir: str | Path, workers: int | None = None, progress=None) -> R
     with tempfile.TemporaryDirectory(prefix="crmledger-verify-") as tmp, \
             ProcessPoolExecutor(max_workers=workers) as pool:
         replay = LedgerStore(connect(Path(tmp) / "replay.db"), genesis)
+        rows = stored.iter_blocks()
         try:
             pending: deque = deque()
-            rows = stored.iter_blocks()
             exhausted = False
             total = stored.height
             last_report = time.monotonic()
@@ -118,6 +118,7 @@ def verify(data_dir: str | Path, workers: int | None = None, progress=None) -> R
         except _Fail as f:
             return Report(False, blocks, txs, time.monotonic() - t0, f.height, f.reason)
         finally:
+            rows.close()
             replay.conn.close()
             conn.close()
     return Report(True, blocks, txs, time.monotonic() - t0)

@@ -139,3 +139,11 @@ def test_pem_round_trip():
     k = SigningKey.generate()
     assert SigningKey.from_pem(k.to_pem()).public_hex == k.public_hex
     assert b"BEGIN PRIVATE KEY" in k.to_pem()
+
+
+def test_profile_hash_as_spec_says():
+    from node.ledger.tx import profile_hash
+    salt = bytes.fromhex("00112233445566778899aabbccddeeff")
+    profile = {"phone": "+1 555", "email": "a@b.c", "name": "Ada"}
+    packed = msgpack.packb({"email": "a@b.c", "name": "Ada", "phone": "+1 555"}, use_bin_type=True)
+    assert profile_hash(salt, profile) == hashlib.sha256(salt + packed).hexdigest()
