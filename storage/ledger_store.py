@@ -97,7 +97,7 @@ class LedgerStore:
         self.head_hash = meta.get("head", genesis.hash.encode()).decode()
         self.acc = int.from_bytes(meta["acc"], "big") if "acc" in meta else stateroot.EMPTY
         self.applied_index = int(meta.get("applied", b"0"))
-        self.index = TxIndex(conn, readonly=readonly)
+        self.index = TxIndex(conn)
 
     # -- reading ---------------------------------------------------------------------------
     @property

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections import defaultdict
-from typing import Iterable
 
 import msgpack
 
@@ -41,8 +40,7 @@ def subject_key(subject: str) -> int:
 
 
 class TxIndex:
-    def __init__(self, conn: sqlite3.Connection, merge_at: int = 50_000, ratio: int = 8,
-                 readonly: bool = False) -> None:
+    def __init__(self, conn: sqlite3.Connection, merge_at: int = 50_000, ratio: int = 8) -> None:
         self.conn = conn
         self.merge_at = merge_at
         self.ratio = ratio

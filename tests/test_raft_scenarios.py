@@ -378,12 +378,19 @@ def test_snapshot_discards_a_conflicting_suffix():
     assert not any(d.startswith(b"orphan") for d in c.committed_data())
 
 
-def test_lost_snapshot_is_sent_again():
+def _follower_behind_a_snapshot() -> Cluster:
+    """Node 3 was cut off while the others compacted their logs past its last entry."""
     c = elected(3, snapshot_every=5)
     c.isolate(3)
     for i in range(20):
         commit_everywhere(c, b"s%d" % i, ids=[1, 2], ticks=20)
+    assert c.raw(1).raft.log.first_index() > c.raw(3).raft.log.last_index() + 1
     c.heal()
+    return c
+
+
+def test_lost_snapshot_is_sent_again():
+    c = _follower_behind_a_snapshot()
     lost = []
     orig = c.deliver
 
@@ -398,11 +405,7 @@ def test_lost_snapshot_is_sent_again():
 
 
 def test_snapshot_failure_reported_by_transport_makes_leader_probe_again():
-    c = elected(3, snapshot_every=5)
-    c.isolate(3)
-    for i in range(20):
-        commit_everywhere(c, b"s%d" % i, ids=[1, 2], ticks=20)
-    c.heal()
+    c = _follower_behind_a_snapshot()
     c.filter_queue(lambda m: False)
     c.deliver = lambda m, orig=c.deliver: None if m.type == MT.SNAP else orig(m)
     assert c.run_until(lambda: c.raw(1).raft.prs[3].state.name == "SNAPSHOT", 20)

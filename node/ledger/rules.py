@@ -162,6 +162,14 @@ def _is_customer(tx: Tx, cust: dict) -> bool:
     return tx.org == "" and cust["key"] is not None and cust["key"] == tx.signer
 
 
+def _by_customer(ctx: _Ctx, tx: Tx) -> tuple[dict | None, str | None]:
+    """The customer record for a transaction only the customer's own key may send."""
+    cust, err = _customer(ctx, tx.payload["customer_id"])
+    if err is None and not _is_customer(tx, cust):
+        err = "forbidden"
+    return cust, err
+
+
 # -- one function per type: checks first, writes only when valid ---------------------------
 def _identity_register(ctx: _Ctx, tx: Tx) -> str:
     p = tx.payload
@@ -198,11 +206,9 @@ def _customer_update(ctx: _Ctx, tx: Tx) -> str:
 
 def _consent_grant(ctx: _Ctx, tx: Tx) -> str:
     p = tx.payload
-    cust, err = _customer(ctx, p["customer_id"])
+    _, err = _by_customer(ctx, tx)
     if err:
         return err
-    if not _is_customer(tx, cust):
-        return "forbidden"
     if p["grantee_org"] not in ctx.g.orgs:
         return "unknown_org"
     if p["expires_ts"] is not None and p["expires_ts"] <= ctx.ts:
@@ -215,11 +221,9 @@ def _consent_grant(ctx: _Ctx, tx: Tx) -> str:
 
 def _consent_revoke(ctx: _Ctx, tx: Tx) -> str:
     p = tx.payload
-    cust, err = _customer(ctx, p["customer_id"])
+    _, err = _by_customer(ctx, tx)
     if err:
         return err
-    if not _is_customer(tx, cust):
-        return "forbidden"
     key = k_consent(p["customer_id"], p["grantee_org"])
     if ctx.st.get(key) is None:
         return "no_consent"
@@ -293,11 +297,9 @@ def _loyalty_issue(ctx: _Ctx, tx: Tx) -> str:
 
 def _loyalty_redeem(ctx: _Ctx, tx: Tx) -> str:
     p = tx.payload
-    cust, err = _customer(ctx, p["customer_id"])
+    _, err = _by_customer(ctx, tx)
     if err:
         return err
-    if not _is_customer(tx, cust):
-        return "forbidden"
     key = k_loyalty(p["customer_id"], p["program"])
     acct = ctx.st.get(key)
     if acct is None or acct["balance"] < p["amount"]:
