@@ -95,7 +95,7 @@ def test_private_store_erasure_leaves_no_bytes_behind(tmp_path):
     salt = os.urandom(16)
     h = profile_hash(salt, profile)
     assert ps.put("c1", h, salt, profile)
-    ps.put("c2", "ef" * 32, salt, {"name": "Someone Else"})
+    ps.put("c2", "ef" * 32, os.urandom(16), {"name": "Someone Else"})
     assert ps.get("c1", h) == (salt, profile)
     ps.erase("c1")
     assert ps.get("c1", h) is None and ps.is_erased("c1")
