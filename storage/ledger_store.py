@@ -56,15 +56,13 @@ class TxRecord:
 class _BlockView:
     """What the rules read while one block is applied, fetched for the whole block in a
     few queries (then per key, for anything not foreseen)."""
-    __slots__ = ("store", "state", "ids", "sns")
+    __slots__ = ("store", "state", "sns")
 
-    def __init__(self, store: "LedgerStore", txs: list[Tx], ids: list[bytes], sns: list[bytes]) -> None:
+    def __init__(self, store: "LedgerStore", txs: list[Tx], sns: list[bytes]) -> None:
         self.store = store
         keys = {k for tx in txs for k in keys_for(tx)}
         self.state: dict[bytes, bytes | None] = dict.fromkeys(keys)
         self.state.update(store._select_in("SELECT k, v FROM state WHERE k IN ({})", keys))
-        found = store.index.seen_tx_ids(ids)
-        self.ids = {tx.tx_id for tx, i in zip(txs, ids) if i in found}
         found = store.index.seen_nonces(sns)
         self.sns = {(tx.signer, tx.nonce) for tx, sn in zip(txs, sns) if sn in found}
 
@@ -72,9 +70,6 @@ class _BlockView:
         if key in self.state:
             return self.state[key]
         return self.store.get_raw(key)
-
-    def tx_seen(self, tx_id: str) -> bool:
-        return tx_id in self.ids
 
     def nonce_seen(self, signer: str, nonce: str) -> bool:
         return (signer, nonce) in self.sns
@@ -175,7 +170,7 @@ class LedgerStore:
         h = block.header
         ids = [bytes.fromhex(tx.tx_id) for tx in txs]
         sns = [nonce_key(tx.signer, tx.nonce) for tx in txs]
-        outcome = apply_block(self.genesis, _BlockView(self, txs, ids, sns), txs,
+        outcome = apply_block(self.genesis, _BlockView(self, txs, sns), txs,
                               height=h.height, timestamp=h.timestamp)
         acc = stateroot.update(self.acc, outcome.changes)
         head = h.hash()

@@ -23,7 +23,8 @@ from consensus.storage import limit_size
 
 from .sqlite import connect, transaction
 
-TAIL = 4096  # entries kept in memory for followers that are only a little behind
+TAIL_ENTRIES = 4096        # recent entries kept in memory for followers a little behind,
+TAIL_BYTES = 16 << 20      # within this many bytes of entry data
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL,
@@ -67,10 +68,22 @@ class SqliteRaftStorage:
             else (self.snap.index, self.snap.term)
         row = conn.execute("SELECT MAX(idx) FROM raft_log").fetchone()
         self._last = max(row[0] or 0, self._offset[0])
-        self._tail: deque[Entry] = deque(maxlen=TAIL)
-        lo = max(self._offset[0] + 1, self._last - TAIL + 1)
-        for e in self._select(lo, self._last + 1):
-            self._tail.append(e)
+        self._tail: deque[Entry] = deque()
+        self._tail_bytes = 0
+        self._extend_tail(self._select(max(self._offset[0] + 1, self._last - TAIL_ENTRIES + 1), self._last + 1))
+
+    def _extend_tail(self, entries: Sequence[Entry]) -> None:
+        tail = self._tail
+        for e in entries:
+            tail.append(e)
+            self._tail_bytes += len(e.data)
+        while tail and (len(tail) > TAIL_ENTRIES or self._tail_bytes > TAIL_BYTES):
+            self._tail_bytes -= len(tail.popleft().data)
+
+    def _trim_tail_from(self, index: int) -> None:
+        tail = self._tail
+        while tail and tail[-1].index >= index:
+            self._tail_bytes -= len(tail.pop().data)
 
     @classmethod
     def open(cls, path: str | Path) -> "SqliteRaftStorage":
@@ -165,11 +178,12 @@ class SqliteRaftStorage:
             raise UnavailableError(f"gap: appending {start} after {self._last}")
         if start <= self._last:
             c.execute("DELETE FROM raft_log WHERE idx >= ?", (start,))
-            while self._tail and self._tail[-1].index >= start:
-                self._tail.pop()
+            self._trim_tail_from(start)
+        if self._tail and self._tail[-1].index != start - 1:
+            self._trim_tail_from(0)  # keep the tail contiguous
         c.executemany("INSERT INTO raft_log VALUES (?, ?, ?, ?)",
                       [(e.index, e.term, int(e.type), e.data) for e in entries])
-        self._tail.extend(entries)
+        self._extend_tail(entries)
         self._last = entries[-1].index
 
     def _apply_snapshot(self, c: sqlite3.Connection, snap: Snapshot) -> None:
@@ -182,7 +196,7 @@ class SqliteRaftStorage:
         self.snap = snap
         self._conf = snap.meta.conf_state
         self._offset = (snap.index, snap.term)
-        self._tail.clear()
+        self._trim_tail_from(0)
         self._last = snap.index
 
     def create_snapshot(self, index: int, cs: ConfState, data: bytes) -> Snapshot:
@@ -208,7 +222,7 @@ class SqliteRaftStorage:
             c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('offset', ?)", (msgpack.packb(list(offset)),))
         self._offset = offset
         while self._tail and self._tail[0].index <= index:
-            self._tail.popleft()
+            self._tail_bytes -= len(self._tail.popleft().data)
 
     def note_conf_state(self, cs: ConfState) -> None:
         """The caller wrote `cs` with `write_conf_state` in its own transaction."""

@@ -19,7 +19,7 @@ def connect(path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = F
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA wal_autocheckpoint=2000")  # pages: a WAL of at most ~32 MB
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA cache_size=-32000")   # 32 MB page cache at most
+    conn.execute("PRAGMA cache_size=-64000")   # 64 MB page cache at most
     conn.execute("PRAGMA temp_store=MEMORY")
     if secure_delete:
         conn.execute("PRAGMA secure_delete=ON")

@@ -88,10 +88,6 @@ class TxIndex:
         return out
 
     # -- lookups ----------------------------------------------------------------------
-    def seen_tx_ids(self, tx_ids: list[bytes]) -> set[bytes]:
-        seqs = self._candidates("txid", {short(t) for t in tx_ids})
-        return {v for _, v in self._rows("tx_id", seqs)} & set(tx_ids) if seqs else set()
-
     def seen_nonces(self, sns: list[bytes]) -> set[bytes]:
         seqs = self._candidates("nonce", {short(s) for s in sns})
         return {v for _, v in self._rows("sn", seqs)} & set(sns) if seqs else set()

@@ -40,7 +40,10 @@ def _same(a, b):
     assert a.snapshot() == b.snapshot()
 
 
-def test_raft_store_behaves_like_memory_storage(tmp_path):
+@pytest.mark.parametrize("tail_bytes", [16 << 20, 120])
+def test_raft_store_behaves_like_memory_storage(tmp_path, monkeypatch, tail_bytes):
+    from storage import raft_store
+    monkeypatch.setattr(raft_store, "TAIL_BYTES", tail_bytes)  # also with a tail of a few entries
     mem, sql = _pair(tmp_path)
     rng = random.Random(5)
     term = 1

@@ -30,7 +30,6 @@ CODES = (
 
 class LedgerView(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
-    def tx_seen(self, tx_id: str) -> bool: ...
     def nonce_seen(self, signer: str, nonce: str) -> bool: ...
 
 
@@ -334,15 +333,15 @@ def apply_block(genesis: Genesis, view: LedgerView, txs: list[Tx], *, height: in
                 timestamp: int) -> BlockOutcome:
     st = _Overlay(view)
     ctx = _Ctx(genesis, st, height, timestamp)
-    ids: set[str] = set()
     nonces: set[tuple[str, str]] = set()
     results = []
     for tx in txs:
+        # a transaction committed before has, with its tx_id, its signer and nonce: the
+        # (signer, nonce) check finds both kinds of duplicate
         sn = (tx.signer, tx.nonce)
-        if tx.tx_id in ids or sn in nonces or view.tx_seen(tx.tx_id) or view.nonce_seen(*sn):
+        if sn in nonces or view.nonce_seen(*sn):
             results.append(TxResult("duplicate", _subject(ctx, tx)))
             continue
-        ids.add(tx.tx_id)
         nonces.add(sn)
         if abs(tx.ts - timestamp) > STALE_MS:
             code = "stale"
