@@ -187,7 +187,7 @@ class LedgerStore:
                           [(k,) for k, _, new in outcome.changes if new is None])
             self._write_meta(c, height=h.height, head=head, acc=acc, applied=raft_index)
             if conf_state is not None:
-                write_conf_state(c, conf_state)
+                write_conf_state(c, conf_state, raft_index)
         self.height, self.head_hash, self.acc, self.applied_index = h.height, head, acc, raft_index
         self.index.note_block([(r[0], r[1], r[2], r[4]) for r in rows])
         return outcome
@@ -197,7 +197,7 @@ class LedgerStore:
         with transaction(self.conn) as c:
             c.execute("INSERT OR REPLACE INTO ledger_meta VALUES ('applied', ?)", (str(raft_index).encode(),))
             if conf_state is not None:
-                write_conf_state(c, conf_state)
+                write_conf_state(c, conf_state, raft_index)
         self.applied_index = raft_index
 
     @staticmethod

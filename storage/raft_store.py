@@ -50,19 +50,22 @@ def _unpack_snapshot(b: bytes) -> Snapshot:
     return Snapshot(SnapshotMeta(i, t, _unpack_conf(cs)), data)
 
 
-def write_conf_state(c: sqlite3.Connection, cs: ConfState) -> None:
-    """Record the configuration as of the applied index, inside the caller's transaction."""
-    c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('conf', ?)", (msgpack.packb(_pack_conf(cs)),))
+def write_conf_state(c: sqlite3.Connection, cs: ConfState, index: int) -> None:
+    """Record the configuration as of applied index `index`, inside the caller's
+    transaction (the one that records `index` as applied)."""
+    c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('conf', ?)", (msgpack.packb([index, _pack_conf(cs)]),))
 
 
 class SqliteRaftStorage:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, fsync: bool = True) -> None:
         self.conn = conn
+        self.fsync = fsync  # False only where a power cut is not part of the test
         conn.executescript(_SCHEMA)
         meta = dict(conn.execute("SELECT k, v FROM raft_meta"))
         self.hard_state = HardState(*msgpack.unpackb(meta["hs"])) if "hs" in meta else HardState()
         self.snap = _unpack_snapshot(meta["snap"]) if "snap" in meta else Snapshot()
-        self._conf = _unpack_conf(msgpack.unpackb(meta["conf"])) if "conf" in meta else None
+        conf = msgpack.unpackb(meta["conf"]) if "conf" in meta else None
+        self._conf = (conf[0], _unpack_conf(conf[1])) if conf else None  # (index, conf)
         # entries up to `offset` are compacted; its term is still known
         self._offset = tuple(msgpack.unpackb(meta["offset"])) if "offset" in meta \
             else (self.snap.index, self.snap.term)
@@ -86,8 +89,8 @@ class SqliteRaftStorage:
             self._tail_bytes -= len(tail.pop().data)
 
     @classmethod
-    def open(cls, path: str | Path) -> "SqliteRaftStorage":
-        return cls(connect(path))
+    def open(cls, path: str | Path, fsync: bool = True) -> "SqliteRaftStorage":
+        return cls(connect(path), fsync)
 
     def bootstrap(self, snap: Snapshot, hs: HardState) -> None:
         """A founding member's first state (see consensus.bootstrap_snapshot)."""
@@ -95,8 +98,11 @@ class SqliteRaftStorage:
 
     # -- reads (the core's Storage) ---------------------------------------------------
     def initial_state(self) -> tuple[HardState, ConfState]:
-        conf = self._conf if self._conf is not None else self.snap.meta.conf_state
-        return self.hard_state, conf
+        """The hard state, and the configuration as of the later of the snapshot and
+        the last applied configuration recorded with `write_conf_state`."""
+        if self._conf is not None and self._conf[0] > self.snap.index:
+            return self.hard_state, self._conf[1]
+        return self.hard_state, self.snap.meta.conf_state
 
     def first_index(self) -> int:
         return self._offset[0] + 1
@@ -148,7 +154,7 @@ class SqliteRaftStorage:
     def save(self, hard_state: HardState | None, entries: Sequence[Entry],
              snapshot: Snapshot | None = None) -> None:
         """A Ready's writes in one transaction: snapshot, entries, hard state."""
-        with transaction(self.conn, durable=True) as c:
+        with transaction(self.conn, durable=self.fsync) as c:
             if snapshot is not None:
                 self._apply_snapshot(c, snapshot)
             if entries:
@@ -192,9 +198,7 @@ class SqliteRaftStorage:
         c.execute("DELETE FROM raft_log")
         c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('snap', ?)", (_pack_snapshot(snap),))
         c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('offset', ?)", (msgpack.packb([snap.index, snap.term]),))
-        write_conf_state(c, snap.meta.conf_state)
         self.snap = snap
-        self._conf = snap.meta.conf_state
         self._offset = (snap.index, snap.term)
         self._trim_tail_from(0)
         self._last = snap.index
@@ -205,7 +209,7 @@ class SqliteRaftStorage:
         if index > self._last:
             raise UnavailableError(index)
         snap = Snapshot(SnapshotMeta(index, self.term(index), cs), data)
-        with transaction(self.conn, durable=True) as c:
+        with transaction(self.conn, durable=self.fsync) as c:
             c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('snap', ?)", (_pack_snapshot(snap),))
         self.snap = snap
         return snap
@@ -217,13 +221,9 @@ class SqliteRaftStorage:
         if index > self.snap.index:
             raise UnavailableError(f"compacting to {index} beyond the snapshot at {self.snap.index}")
         offset = (index, self.term(index))
-        with transaction(self.conn, durable=True) as c:
+        with transaction(self.conn, durable=self.fsync) as c:
             c.execute("DELETE FROM raft_log WHERE idx <= ?", (index,))
             c.execute("INSERT OR REPLACE INTO raft_meta VALUES ('offset', ?)", (msgpack.packb(list(offset)),))
         self._offset = offset
         while self._tail and self._tail[0].index <= index:
             self._tail_bytes -= len(self._tail.popleft().data)
-
-    def note_conf_state(self, cs: ConfState) -> None:
-        """The caller wrote `cs` with `write_conf_state` in its own transaction."""
-        self._conf = cs

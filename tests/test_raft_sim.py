@@ -31,3 +31,11 @@ def test_random_schedules(start):
 def test_replay_is_deterministic():
     a, b = run_schedule(12345), run_schedule(12345)
     assert (a.events, a.committed, a.terms) == (b.events, b.committed, b.terms)
+
+
+@pytest.mark.parametrize("seed", range(7000, 7100))
+def test_random_schedules_on_the_sqlite_raft_log(seed, tmp_path):
+    """The same schedules with every node's Raft log, hard state and snapshots in SQLite,
+    reopened from the file at every restart."""
+    out = run_schedule(seed, durable_dir=tmp_path)
+    assert out.committed > 0

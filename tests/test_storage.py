@@ -87,9 +87,14 @@ def test_conf_state_written_with_the_applied_index(tmp_path):
     sql.bootstrap(bootstrap_snapshot([1, 2, 3]), HardState(term=1))
     cs = ConfState(frozenset({1, 2, 3}), frozenset({4}), frozenset({4}))
     with transaction(sql.conn) as c:
-        write_conf_state(c, cs)
+        write_conf_state(c, cs, 5)
     sql.conn.close()
-    assert SqliteRaftStorage.open(tmp_path / "raft.db").initial_state()[1] == cs
+    sql = SqliteRaftStorage.open(tmp_path / "raft.db")
+    assert sql.initial_state()[1] == cs
+    # a later snapshot carries a later configuration
+    sql.append([Entry(1, i) for i in range(2, 9)])
+    sql.create_snapshot(8, ConfState(frozenset({1, 2})), b"")
+    assert sql.initial_state()[1] == ConfState(frozenset({1, 2}))
 
 
 def test_private_store_erasure_leaves_no_bytes_behind(tmp_path):

@@ -43,16 +43,16 @@ def _removed(c: Cluster) -> set[int]:
     return out
 
 
-def run_schedule(seed: int, nodes: int | None = None) -> Outcome:
+def run_schedule(seed: int, nodes: int | None = None, durable_dir=None) -> Outcome:
     try:
-        return _run(seed, nodes)
+        return _run(seed, nodes, durable_dir)
     except ScheduleFailed:
         raise
     except (InvariantViolation, AssertionError, Exception) as e:  # report the seed for any failure
         raise ScheduleFailed(seed, f"{type(e).__name__}: {e}") from e
 
 
-def _run(seed: int, nodes: int | None) -> Outcome:
+def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
     rng = random.Random(seed)
     n = nodes or rng.choice((3, 5))
     faults = Faults(
@@ -67,6 +67,7 @@ def _run(seed: int, nodes: int | None) -> Outcome:
         max_inflight=rng.choice((1, 4, 64)),
         max_size_per_msg=rng.choice((64, 1 << 16)),
         snapshot_every=rng.choice((0, 4, 16)), snapshot_keep=rng.choice((0, 3)),
+        durable_dir=durable_dir,
     )
     c.crash_in_ready = rng.choice((0.0, 0.001))
     membership = rng.random() < 0.4

@@ -16,9 +16,10 @@ import zlib
 from dataclasses import dataclass, field
 
 from consensus import (
-    Config, ConfChange, ConfChangeType, Entry, EntryType, MemoryStorage, Message,
-    MessageType, RawNode, Ready, Snapshot, StateType,
+    Config, ConfChange, ConfChangeType, Entry, EntryType, HardState, MemoryStorage, Message,
+    MessageType, RawNode, Ready, Snapshot, StateType, bootstrap_snapshot,
 )
+from storage.raft_store import SqliteRaftStorage
 
 
 class InvariantViolation(AssertionError):
@@ -75,7 +76,7 @@ class Cluster:
                  heartbeat_tick: int = 1, pre_vote: bool = True, check_quorum: bool = True,
                  max_inflight: int = 16, max_size_per_msg: int = 1 << 16,
                  snapshot_every: int = 0, snapshot_keep: int = 0,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, durable_dir=None) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
         self.cfg_kw = dict(election_tick=election_tick, heartbeat_tick=heartbeat_tick,
@@ -84,6 +85,7 @@ class Cluster:
         self.snapshot_every = snapshot_every
         self.snapshot_keep = snapshot_keep
         self.faults = faults or Faults()
+        self.durable_dir = durable_dir  # each node's Raft state in SQLite, reopened on restart
         self.now = 0
         self.seq = 0
         self.queue: list[tuple[int, int, Message]] = []  # (deliver_at, seq, msg)
@@ -102,8 +104,16 @@ class Cluster:
         self.stats: Counter[str] = Counter()
         voters = list(range(1, n + 1))
         for nid in voters:
-            self.nodes[nid] = SimNode(nid, MemoryStorage.bootstrapped(voters))
+            self.nodes[nid] = SimNode(nid, self._new_storage(nid, voters))
             self.start(nid)
+
+    def _new_storage(self, nid: int, voters: list[int] | None):
+        if self.durable_dir is None:
+            return MemoryStorage.bootstrapped(voters) if voters else MemoryStorage()
+        st = SqliteRaftStorage.open(self.durable_dir / f"node{nid}.db", fsync=False)
+        if voters:
+            st.bootstrap(bootstrap_snapshot(voters), HardState(term=1))
+        return st
 
     # -- lifecycle ------------------------------------------------------------------
     def config(self, nid: int, applied: int = 0) -> Config:
@@ -112,6 +122,9 @@ class Cluster:
     def start(self, nid: int) -> None:
         node = self.nodes[nid]
         assert node.raw is None
+        if self.durable_dir is not None:  # what the process finds on disk when it starts
+            node.storage.conn.close()
+            node.storage = SqliteRaftStorage.open(self.durable_dir / f"node{nid}.db", fsync=False)
         snap = node.storage.snapshot()
         node.app = App.decode(snap.data) if not snap.is_empty() else App(index=0)
         node.applied_log = []
@@ -131,7 +144,7 @@ class Cluster:
 
     def add_empty_node(self, nid: int) -> None:
         """A new server with nothing on disk, to be added by a configuration change."""
-        self.nodes[nid] = SimNode(nid, MemoryStorage())
+        self.nodes[nid] = SimNode(nid, self._new_storage(nid, None))
         self.start(nid)
 
     # -- network ------------------------------------------------------------------------
