@@ -86,7 +86,7 @@ def verify(data_dir: str | Path, workers: int | None = None, progress=None) -> R
     blocks = txs = 0
     with tempfile.TemporaryDirectory(prefix="crmledger-verify-") as tmp, \
             ProcessPoolExecutor(max_workers=workers) as pool:
-        replay = LedgerStore(connect(Path(tmp) / "replay.db"), genesis)
+        replay = LedgerStore(connect(Path(tmp) / "replay.db", scratch=True), genesis, keep_bodies=False)
         rows = stored.iter_blocks()
         try:
             pending: deque = deque()

@@ -76,9 +76,13 @@ class _BlockView:
 
 
 class LedgerStore:
-    def __init__(self, conn: sqlite3.Connection, genesis: Genesis, readonly: bool = False) -> None:
+    def __init__(self, conn: sqlite3.Connection, genesis: Genesis, readonly: bool = False,
+                 keep_bodies: bool = True) -> None:
+        """`keep_bodies=False` stores transactions without their envelopes: a replay
+        that only checks results and state needs no more."""
         self.conn = conn
         self.genesis = genesis
+        self.keep_bodies = keep_bodies
         if not readonly:
             conn.executescript(_SCHEMA)
         meta = dict(conn.execute("SELECT k, v FROM ledger_meta"))
@@ -175,8 +179,9 @@ class LedgerStore:
         acc = stateroot.update(self.acc, outcome.changes)
         head = h.hash()
         base = seq_of(h.height, 0)
+        bodies = block.txs if self.keep_bodies else [b""] * len(txs)
         rows = [(base + i, ids[i], sns[i], CODE_NUM[r.code], r.subject, stored)
-                for i, (r, stored) in enumerate(zip(outcome.results, block.txs))]
+                for i, (r, stored) in enumerate(zip(outcome.results, bodies))]
         with transaction(self.conn) as c:
             c.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
                       (h.height, bytes.fromhex(head), canonical_bytes(h.to_map()), block.sig, len(txs)))

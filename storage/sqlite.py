@@ -1,4 +1,4 @@
-"""Opening SQLite the one way this project does: WAL, foreign keys off, explicit
+"""Opening SQLite the one way this project does: WAL, explicit
 transactions (`isolation_level=None`, BEGIN/COMMIT by hand), a chosen sync level."""
 from __future__ import annotations
 
@@ -8,16 +8,26 @@ from pathlib import Path
 from typing import Iterator
 
 
+class Connection(sqlite3.Connection):
+    scratch = False
+
+
 def connect(path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = False,
-            secure_delete: bool = False) -> sqlite3.Connection:
+            secure_delete: bool = False, scratch: bool = False) -> sqlite3.Connection:
+    """`scratch`: a throw-away database (a replay for an audit): no journal, no syncs."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                               check_same_thread=False)
+                               check_same_thread=False, factory=Connection)
     else:
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, factory=Connection)
         conn.execute("PRAGMA page_size=16384")         # takes effect on a new database
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA wal_autocheckpoint=2000")  # pages: a WAL of at most ~32 MB
+        if scratch:
+            conn.execute("PRAGMA journal_mode=OFF")
+            synchronous = "OFF"
+        else:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA wal_autocheckpoint=2000")  # pages: a WAL of at most ~32 MB
+    conn.scratch = scratch
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA cache_size=-64000")   # 64 MB page cache at most
     conn.execute("PRAGMA temp_store=MEMORY")
@@ -31,7 +41,8 @@ def transaction(conn: sqlite3.Connection, durable: bool = False) -> Iterator[sql
     """BEGIN ... COMMIT; with `durable`, the commit is fsynced before it returns
     (synchronous=FULL), otherwise it survives a crash of the process but may be lost
     with the machine's power (synchronous=NORMAL in WAL mode)."""
-    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+    if not getattr(conn, "scratch", False):
+        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
