@@ -17,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--transactions", type=int, default=1_000_000)
     s.add_argument("--block", type=int, default=500, help="transactions per block")
     s.add_argument("--workdir", default=None, help="where to build the chain (default: a temporary folder)")
+    i = sub.add_parser("init", help="create genesis, keys, certificates and node configs for a local consortium")
+    i.add_argument("--nodes", type=int, default=3)
+    i.add_argument("--out", required=True, help="folder to create them in")
+    i.add_argument("--base-port", type=int, default=8000, help="node K serves HTTP on BASE_PORT+K")
+    i.add_argument("--peer-base-port", type=int, default=None, help="node K's peer port (default BASE_PORT+100+K)")
+    i.add_argument("--host", default="127.0.0.1")
     v = sub.add_parser("verify", help="audit a node's chain offline (SPEC §6)")
     v.add_argument("--data-dir", required=True, help="the node's data directory")
     v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
@@ -26,6 +32,15 @@ def main(argv: list[str] | None = None) -> int:
         if a.transactions < a.block or a.block <= 0:
             ap.error("need --transactions >= --block > 0")
         run_store(a.transactions, a.block, workdir=a.workdir)
+        return 0
+    if a.cmd == "init":
+        from .cluster_init import init_cluster
+        try:
+            d = init_cluster(a.out, a.nodes, base_port=a.base_port, peer_base_port=a.peer_base_port, host=a.host)
+        except (ValueError, FileExistsError, OSError) as e:
+            print(f"init: {e}", file=sys.stderr)
+            return 2
+        print(f"created a {a.nodes}-node consortium in {d}")
         return 0
     if a.cmd == "verify":
         from .verify import main as verify_main

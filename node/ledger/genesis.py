@@ -29,6 +29,7 @@ class NodeInfo:
     peer_addr: str       # host:port of the peer link
     api_addr: str        # host:port of the HTTP API
     tls_cert_sha256: str  # fingerprint of the node's TLS certificate ("" when not pinned)
+    tls_cert: str = ""    # the certificate itself (PEM), so every member can authenticate the node
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,10 @@ def genesis_from_dict(obj: Any) -> Genesis:
             peer_addr=_field(n, "peer_addr", str, where),
             api_addr=_field(n, "api_addr", str, where),
             tls_cert_sha256=n.get("tls_cert_sha256", ""),
+            tls_cert=n.get("tls_cert", ""),
         )
+        if type(info.tls_cert_sha256) is not str or type(info.tls_cert) is not str:
+            raise GenesisError(f"{where}: tls_cert and tls_cert_sha256 must be strings")
         if info.raft_id <= 0 or info.raft_id in raft_ids:
             raise GenesisError(f"{where}.raft_id must be a unique positive integer")
         if info.org not in orgs:

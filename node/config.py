@@ -1,0 +1,137 @@
+"""A node's configuration: one TOML file, loaded once into a frozen dataclass and passed
+down. Any problem is a `ConfigError` naming the file and the field, never a traceback."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    tick_ms: int = 100
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_every_blocks: int = 500
+    keep_entries: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class BlockConfig:
+    max_txs: int = 500
+    max_bytes: int = 1 << 20
+    max_wait_ms: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class MempoolConfig:
+    max_txs: int = 50_000
+    gossip_ms: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: str
+    data_dir: Path
+    genesis: Path
+    node_key: Path      # Ed25519 PEM: signs block headers, and is the TLS identity
+    tls_cert: Path      # the node's certificate, pinned in the genesis by its SHA-256
+    api_listen: str
+    peer_listen: str
+    raft: RaftConfig = RaftConfig()
+    blocks: BlockConfig = BlockConfig()
+    mempool: MempoolConfig = MempoolConfig()
+
+
+def _host_port(v: Any, where: str) -> str:
+    if type(v) is not str or ":" not in v:
+        raise ConfigError(f"{where}: expected \"host:port\"")
+    host, _, port = v.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: expected \"host:port\" with a port in 1-65535, got {v!r}")
+    return v
+
+
+def _section(cls, raw: Any, where: str):
+    if raw is None:
+        return cls()
+    if type(raw) is not dict:
+        raise ConfigError(f"{where}: expected a table")
+    names = {f.name for f in fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    for k, v in raw.items():
+        if type(v) is not int or v <= 0:
+            raise ConfigError(f"{where}.{k}: expected a positive integer, got {v!r}")
+    return cls(**raw)
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    base = p.resolve().parent
+
+    def need(key: str) -> Any:
+        if key not in raw:
+            raise ConfigError(f"{p}: missing key '{key}'")
+        return raw[key]
+
+    def path_of(key: str) -> Path:
+        v = need(key)
+        if type(v) is not str or not v:
+            raise ConfigError(f"{p}: {key}: expected a path")
+        return (base / v).resolve()
+
+    known = {"node_id", "data_dir", "genesis", "node_key", "tls_cert", "api", "peer", "raft", "blocks", "mempool"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}")
+    node_id = need("node_id")
+    if type(node_id) is not str or not node_id:
+        raise ConfigError(f"{p}: node_id: expected a name")
+    for table in ("api", "peer"):
+        if type(need(table)) is not dict or set(raw[table]) != {"listen"}:
+            raise ConfigError(f"{p}: [{table}] must hold exactly 'listen'")
+    raft = _section(RaftConfig, raw.get("raft"), f"{p}: [raft]")
+    if raft.election_ticks <= raft.heartbeat_ticks:
+        raise ConfigError(f"{p}: [raft] election_ticks must exceed heartbeat_ticks")
+    return NodeConfig(
+        node_id=node_id, data_dir=path_of("data_dir"), genesis=path_of("genesis"),
+        node_key=path_of("node_key"), tls_cert=path_of("tls_cert"),
+        api_listen=_host_port(raw["api"]["listen"], f"{p}: [api] listen"),
+        peer_listen=_host_port(raw["peer"]["listen"], f"{p}: [peer] listen"),
+        raft=raft, blocks=_section(BlockConfig, raw.get("blocks"), f"{p}: [blocks]"),
+        mempool=_section(MempoolConfig, raw.get("mempool"), f"{p}: [mempool]"))
+
+
+def _toml_value(v: Any) -> str:
+    import json
+    return json.dumps(v) if isinstance(v, str) else str(v)
+
+
+def render_config(node_id: str, *, data_dir: str, genesis: str, node_key: str, tls_cert: str,
+                  api_listen: str, peer_listen: str, tables: dict[str, dict[str, int]] | None = None) -> str:
+    """TOML text of a node's configuration (paths relative to the file's folder)."""
+    lines = [f"node_id = {_toml_value(node_id)}", f"data_dir = {_toml_value(data_dir)}",
+             f"genesis = {_toml_value(genesis)}", f"node_key = {_toml_value(node_key)}",
+             f"tls_cert = {_toml_value(tls_cert)}", "", "[api]", f"listen = {_toml_value(api_listen)}", "",
+             "[peer]", f"listen = {_toml_value(peer_listen)}"]
+    defaults = {"raft": RaftConfig(), "blocks": BlockConfig(), "mempool": MempoolConfig()}
+    for name, d in defaults.items():
+        lines += ["", f"[{name}]"]
+        vals = {f.name: getattr(d, f.name) for f in fields(d)} | (tables or {}).get(name, {})
+        lines += [f"{k} = {v}" for k, v in vals.items()]
+    return "\n".join(lines) + "\n"

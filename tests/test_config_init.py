@@ -1,0 +1,84 @@
+"""`crmledger init` and node configuration files."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.cluster_init import init_cluster
+from node.config import ConfigError, load_config
+from node.ledger.keys import SigningKey
+from node.tlscerts import fingerprint_pem
+from storage.datadir import genesis_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_init_lays_out_a_consortium(tmp_path):
+    d = init_cluster(tmp_path / "c", 3, base_port=9400)
+    g = genesis_of(d)
+    assert sorted(g.orgs) == ["org1", "org2", "org3"] and sorted(g.nodes) == ["node1", "node2", "node3"]
+    for i in (1, 2, 3):
+        org_key = SigningKey.from_pem((d / "keys" / f"org{i}.pem").read_bytes())
+        assert org_key.public_hex in g.orgs[f"org{i}"]
+        assert (d / "keys" / f"org{i}.pem").stat().st_mode & 0o077 == 0   # private keys are private
+        node = g.nodes[f"node{i}"]
+        assert SigningKey.from_pem((d / "keys" / f"node{i}.pem").read_bytes()).public_hex == node.pubkey
+        cert = (d / "keys" / f"node{i}.crt").read_bytes()
+        assert fingerprint_pem(cert) == node.tls_cert_sha256 and node.tls_cert == cert.decode()
+        cfg = load_config(d / f"node{i}.toml")
+        assert cfg.node_id == f"node{i}" and cfg.api_listen == f"127.0.0.1:{9400 + i}"
+        assert cfg.peer_listen == node.peer_addr and cfg.data_dir == (d / f"node{i}").resolve()
+    with pytest.raises(FileExistsError):
+        init_cluster(tmp_path / "c", 3)
+
+
+def test_init_cli(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "node.cli", "init", "--nodes", "2", "--out", str(tmp_path / "x")],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "2-node" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "node.cli", "init", "--nodes", "0", "--out", str(tmp_path / "y")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--nodes" in bad.stderr and "Traceback" not in bad.stderr
+
+
+GOOD = """node_id = "node1"
+data_dir = "d"
+genesis = "genesis.json"
+node_key = "k.pem"
+tls_cert = "k.crt"
+[api]
+listen = "127.0.0.1:8001"
+[peer]
+listen = "127.0.0.1:8101"
+[raft]
+tick_ms = 50
+"""
+
+
+@pytest.mark.parametrize("text, words", [
+    (GOOD.replace('node_id = "node1"\n', ""), "missing key 'node_id'"),
+    (GOOD.replace("tick_ms = 50", "tick_ms = -1"), "[raft].tick_ms"),
+    (GOOD.replace("tick_ms = 50", "tick_ms = \"fast\""), "[raft].tick_ms"),
+    (GOOD.replace("tick_ms = 50", "tik_ms = 5"), "unknown key(s) tik_ms"),
+    (GOOD.replace('"127.0.0.1:8001"', '"8001"'), "[api] listen"),
+    (GOOD.replace('"127.0.0.1:8001"', '"127.0.0.1:99999"'), "[api] listen"),
+    (GOOD + "colour = 1\n", "unknown key(s) colour"),
+    ("node_id = ", "not valid TOML"),
+])
+def test_bad_config_names_the_field(tmp_path, text, words):
+    f = tmp_path / "n.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert words in str(e.value) and str(f) in str(e.value)
+
+
+def test_good_config_and_defaults(tmp_path):
+    f = tmp_path / "n.toml"
+    f.write_text(GOOD)
+    cfg = load_config(f)
+    assert cfg.raft.tick_ms == 50 and cfg.raft.election_ticks == 10 and cfg.blocks.max_txs == 500
+    assert cfg.genesis == (tmp_path / "genesis.json").resolve()
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml")
