@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--transactions", type=int, default=1_000_000)
     s.add_argument("--block", type=int, default=500, help="transactions per block")
     s.add_argument("--workdir", default=None, help="where to build the chain (default: a temporary folder)")
+    n = sub.add_parser("node", help="run one node in the foreground")
+    n.add_argument("--config", required=True, help="the node's TOML file")
     i = sub.add_parser("init", help="create genesis, keys, certificates and node configs for a local consortium")
     i.add_argument("--nodes", type=int, default=3)
     i.add_argument("--out", required=True, help="folder to create them in")
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("need --transactions >= --block > 0")
         run_store(a.transactions, a.block, workdir=a.workdir)
         return 0
+    if a.cmd == "node":
+        from .main import run as run_node
+        return run_node(a.config)
     if a.cmd == "init":
         from .cluster_init import init_cluster
         try:

@@ -1,6 +1,8 @@
 """A node's data directory: `ledger.db` (Raft log, blocks, transaction index, world state,
 in one database so that applying a block and recording the configuration are one
-transaction), `private.db` (profiles) and `genesis.json` (a copy of the chain's genesis)."""
+transaction), `private.db` (profiles) and `genesis.json` (a copy of the chain's genesis).
+The Raft log and the ledger use connections of their own, so that a Raft write being
+fsynced in a worker thread never holds up a read of the ledger."""
 from __future__ import annotations
 
 import json
@@ -26,6 +28,7 @@ class DataDir:
     def close(self) -> None:
         self.private.close()
         self.ledger.conn.close()
+        self.raft.conn.close()
 
 
 def genesis_of(path: str | Path) -> Genesis:
@@ -43,6 +46,7 @@ def open_data_dir(path: str | Path, genesis: Genesis | None = None) -> DataDir:
     g = genesis_of(p)
     if genesis is not None and g.hash != genesis.hash:
         raise ValueError(f"{gfile} holds another chain's genesis")
-    conn = connect(p / "ledger.db")
-    return DataDir(p, g, SqliteRaftStorage(conn), LedgerStore(conn, g), PrivateStore(p / "private.db"))
+    ledger = LedgerStore(connect(p / "ledger.db"), g)
+    raft = SqliteRaftStorage(connect(p / "ledger.db"))
+    return DataDir(p, g, raft, ledger, PrivateStore(p / "private.db"))
 

@@ -1,0 +1,76 @@
+"""`crmledger node --config FILE`: one node in the foreground, until SIGTERM or Ctrl-C.
+One task group owns every task; the stop event set by a signal hands leadership over,
+stops the HTTP server and the peer links, and closes storage."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+
+from aiohttp import web
+
+from node.api import make_app
+from node.config import ConfigError, load_config
+from node.ledger.genesis import GenesisError
+from node.runtime import Node, NodeError
+
+
+class _JsonLines(logging.Formatter):
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def format(self, r: logging.LogRecord) -> str:
+        return json.dumps({"ts": round(r.created, 3), "node": self.node_id, "level": r.levelname.lower(),
+                           "logger": r.name, "msg": r.getMessage()})
+
+
+async def serve(node: Node) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(make_app(node), access_log=None)
+    await runner.setup()
+    host, _, port = node.cfg.api_listen.rpartition(":")
+    await node.peers.start_server()
+    await web.TCPSite(runner, host, int(port)).start()
+    log = logging.getLogger("crmledger.node")
+    log.info("serving HTTP on %s, peers on %s", node.cfg.api_listen, node.me.peer_addr)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            driver = tg.create_task(node.drive())
+            gossip = tg.create_task(node.gossip())
+            dialers = [tg.create_task(node.peers.dial_forever(p)) for p in node.peers.peers]
+            await stop.wait()
+            log.info("stopping")
+            await node.hand_over()
+            node.stopped.set()
+            node.wake.set()
+            await driver
+            for t in [gossip, *dialers]:
+                t.cancel()
+    finally:
+        await runner.cleanup()
+        await node.peers.close()
+        node.close()
+        log.info("stopped")
+
+
+def run(config_path: str) -> int:
+    try:
+        cfg = load_config(config_path)
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        logging.getLogger().handlers[0].setFormatter(_JsonLines(cfg.node_id))
+        node = Node(cfg)
+    except (ConfigError, GenesisError, NodeError, ValueError, OSError) as e:
+        print(f"crmledger node: {e}", file=sys.stderr)
+        return 2
+    import uvloop
+    t = time.monotonic()
+    uvloop.run(serve(node))
+    logging.getLogger("crmledger.node").info("ran for %.1f s", time.monotonic() - t)
+    return 0

@@ -1,0 +1,76 @@
+"""Transactions admitted by this node and not yet committed: bounded, deduplicated by
+tx_id, in arrival order. Every transaction in it has had its signature checked once, on
+this node; blocks reuse that check. The leader marks what it has put into a block so it
+does not propose it twice; committing a block removes its transactions everywhere."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from node.ledger.tx import Tx
+
+
+class MempoolFull(Exception):
+    pass
+
+
+class Mempool:
+    def __init__(self, max_txs: int) -> None:
+        self.max_txs = max_txs
+        self.txs: OrderedDict[str, Tx] = OrderedDict()
+        self.proposed: set[str] = set()
+        self.first_pending_at: float | None = None  # when the oldest unproposed one arrived
+
+    def __len__(self) -> int:
+        return len(self.txs)
+
+    def __contains__(self, tx_id: str) -> bool:
+        return tx_id in self.txs
+
+    def get(self, tx_id: str) -> Tx | None:
+        return self.txs.get(tx_id)
+
+    def add(self, tx: Tx, now: float) -> bool:
+        """False when already here; MempoolFull when there is no room."""
+        if tx.tx_id in self.txs:
+            return False
+        if len(self.txs) >= self.max_txs:
+            raise MempoolFull()
+        self.txs[tx.tx_id] = tx
+        if self.first_pending_at is None:
+            self.first_pending_at = now
+        return True
+
+    def pending(self) -> int:
+        return len(self.txs) - len(self.proposed)
+
+    def take(self, max_txs: int, max_bytes: int) -> list[Tx]:
+        """Up to max_txs unproposed transactions within max_bytes, marked proposed."""
+        out, size = [], 0
+        for tx_id, tx in self.txs.items():
+            if tx_id in self.proposed:
+                continue
+            n = len(tx.signing_bytes) + 80
+            if out and (len(out) >= max_txs or size + n > max_bytes):
+                break
+            out.append(tx)
+            size += n
+        self.proposed.update(t.tx_id for t in out)
+        self.first_pending_at = None
+        return out
+
+    def mark_proposed(self, tx_ids) -> None:
+        self.proposed.update(t for t in tx_ids if t in self.txs)
+
+    def unmark_all(self, now: float) -> None:
+        """Leadership moved: whatever this node proposed is for the new leader to order."""
+        self.proposed.clear()
+        self.first_pending_at = now if self.txs else None
+
+    def remove(self, tx_ids, now: float) -> None:
+        for t in tx_ids:
+            self.txs.pop(t, None)
+            self.proposed.discard(t)
+        if self.pending() == 0:
+            self.first_pending_at = None
+        elif self.first_pending_at is None:
+            self.first_pending_at = now

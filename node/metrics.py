@@ -1,0 +1,48 @@
+"""Prometheus metrics of one node, in a registry of its own (no process-wide globals, so
+several nodes can live in one test process)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from consensus import StateType
+
+
+class Metrics:
+    def __init__(self, node_id: str) -> None:
+        self.registry = r = CollectorRegistry()
+        self.role = Gauge("crmledger_raft_role", "1 for the role this node has now", ["role"], registry=r)
+        self.term = Gauge("crmledger_raft_term", "current Raft term", registry=r)
+        self.commit_index = Gauge("crmledger_raft_commit_index", "Raft commit index", registry=r)
+        self.height = Gauge("crmledger_applied_height", "height of the last applied block", registry=r)
+        self.mempool = Gauge("crmledger_mempool_size", "transactions waiting for a block", registry=r)
+        self.peer_up = Gauge("crmledger_peer_link_up", "1 when the link to a peer is connected", ["peer"],
+                             registry=r)
+        self.tx_admitted = Counter("crmledger_tx_admitted", "transactions admitted to the mempool", registry=r)
+        self.tx_rejected = Counter("crmledger_tx_rejected", "transactions refused at admission", ["reason"],
+                                   registry=r)
+        self.tx_committed = Counter("crmledger_tx_committed", "committed transactions by result code", ["code"],
+                                    registry=r)
+        self.commit_latency = Histogram("crmledger_commit_latency_seconds",
+                                        "from admission to commit, for waiting clients", registry=r,
+                                        buckets=(.005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10))
+        self.fsync_seconds = Histogram("crmledger_raft_fsync_seconds", "time to make a Ready durable",
+                                       registry=r, buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .5))
+        self.apply_seconds = Histogram("crmledger_block_apply_seconds", "time to apply one block", registry=r,
+                                       buckets=(.001, .005, .01, .02, .05, .1, .5, 1))
+        self.peer_frames_rejected = Counter("crmledger_peer_frames_rejected", "malformed or unexpected frames",
+                                            registry=r)
+        self.mempool_full_drops = Counter("crmledger_mempool_full_drops", "gossiped transactions not kept: full",
+                                          registry=r)
+
+    def observe_raft(self, raft, height: int, mempool: int, links: dict[str, bool]) -> None:
+        for st in StateType:
+            self.role.labels(role=st.value).set(1 if raft.state == st else 0)
+        self.term.set(raft.term)
+        self.commit_index.set(raft.log.committed)
+        self.height.set(height)
+        self.mempool.set(mempool)
+        for peer, up in links.items():
+            self.peer_up.labels(peer=peer).set(1 if up else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,334 @@
+"""The node's driver: one task owns the Raft core. Peer messages, ticks and block
+proposals reach it through one inbox; for every Ready it persists (fsync, in a worker
+thread), then sends, then applies committed entries to the ledger, then advances —
+the contract of consensus.rawnode. Around it: the mempool, gossip, and block building
+on the leader (one block in flight at a time, so each header can carry the state root
+of the block before it)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from consensus import (
+    Config, ConfChange, EntryType, Message, NotLeader, ProposalDropped, RawNode, Ready,
+    StateType, bootstrap_snapshot,
+)
+from consensus.messages import HardState, apply_conf_change
+from node.config import NodeConfig
+from node.ledger.block import BlockError, decode_block, make_block
+from node.ledger.genesis import load_genesis
+from node.ledger.keys import SigningKey
+from node.ledger.tx import Tx, TxError, decode_tx
+from node.mempool import Mempool, MempoolFull
+from node.metrics import Metrics
+from node.peers import PeerLinks
+from node.wire import WireError, message_from_wire, message_to_wire
+from storage.datadir import open_data_dir
+
+log = logging.getLogger("crmledger.node")
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    tx_id: str
+    height: int
+    code: str
+
+
+class NodeError(Exception):
+    pass
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.genesis = load_genesis(cfg.genesis)
+        me = self.genesis.nodes.get(cfg.node_id)
+        if me is None:
+            raise NodeError(f"node_id {cfg.node_id!r} is not a node of the genesis")
+        self.me = me
+        self.key = SigningKey.from_pem(cfg.node_key.read_bytes())
+        if self.key.public_hex != me.pubkey:
+            raise NodeError(f"{cfg.node_key} is not the key the genesis names for {cfg.node_id}")
+        self.dd = open_data_dir(cfg.data_dir, self.genesis)
+        if self.dd.raft.last_index() == 0:
+            voters = sorted(n.raft_id for n in self.genesis.nodes.values())
+            self.dd.raft.bootstrap(bootstrap_snapshot(voters), HardState(term=1))
+        self.by_raft_id = {n.raft_id: n.node_id for n in self.genesis.nodes.values()}
+        self.conf = self.dd.raft.initial_state()[1]
+        self.raw = RawNode(Config(id=me.raft_id, election_tick=cfg.raft.election_ticks,
+                                  heartbeat_tick=cfg.raft.heartbeat_ticks,
+                                  applied=self.dd.ledger.applied_index, max_size_per_msg=4 << 20),
+                           self.dd.raft, random.Random())
+        self.mempool = Mempool(cfg.mempool.max_txs)
+        self.metrics = Metrics(cfg.node_id)
+        self.peers = PeerLinks(me, self.genesis, str(cfg.tls_cert), str(cfg.node_key), self._on_frame)
+        self.raft_in: deque[Message] = deque()
+        self.wake = asyncio.Event()
+        self.gossip_out: list[bytes] = []
+        self.waiters: dict[str, list[asyncio.Future]] = {}
+        self.block_listeners: set[asyncio.Queue] = set()
+        self.accepting = True
+        self.transfer_to: int | None = None
+        self.stopped = asyncio.Event()
+
+    # -- status ------------------------------------------------------------------------------
+    @property
+    def role(self) -> str:
+        st = self.raw.raft.state
+        return {StateType.LEADER: "leader", StateType.FOLLOWER: "follower"}.get(st, "candidate")
+
+    def leader_id(self) -> str | None:
+        return self.by_raft_id.get(self.raw.raft.lead)
+
+    def status(self) -> dict:
+        r = self.raw.raft
+        return {"node_id": self.me.node_id, "role": self.role, "term": r.term, "leader_id": self.leader_id(),
+                "commit_index": r.log.committed, "height": self.dd.ledger.height,
+                "head_hash": self.dd.ledger.head_hash,
+                "peers": [{"node_id": nid, "connected": up} for nid, up in sorted(self.peers.connected.items())]}
+
+    # -- transactions in ---------------------------------------------------------------------
+    def committed_record(self, tx_id: str):
+        return self.dd.ledger.tx_record(tx_id)
+
+    def admit(self, tx: Tx) -> str:
+        """A transaction whose signature was checked: 'pending', 'known' or 'committed'.
+        Raises MempoolFull."""
+        if self.dd.ledger.tx_record(tx.tx_id) is not None:
+            return "committed"
+        if not self.mempool.add(tx, time.monotonic()):
+            return "known"
+        self.metrics.tx_admitted.inc()
+        self.gossip_out.append(tx.encode())
+        self.wake.set()
+        return "pending"
+
+    def wait_commit(self, tx_id: str) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(tx_id, []).append(fut)
+        return fut
+
+    def _on_frame(self, peer: str, kind: str, body) -> None:
+        try:
+            if kind == "raft":
+                m = message_from_wire(body)
+                if self.by_raft_id.get(m.frm) != peer:
+                    self.metrics.peer_frames_rejected.inc()
+                    return
+                self.raft_in.append(m)
+                self.wake.set()
+            elif kind == "txs" and type(body) is list:
+                for env in body[:10_000]:
+                    self._gossiped(env)
+        except WireError:
+            self.metrics.peer_frames_rejected.inc()
+
+    def _gossiped(self, env) -> None:
+        if type(env) is not bytes:
+            return
+        try:
+            tx = decode_tx(env)
+        except TxError:
+            self.metrics.peer_frames_rejected.inc()
+            return
+        if tx.tx_id in self.mempool or self.dd.ledger.tx_record(tx.tx_id) is not None:
+            return
+        if not tx.signature_ok():
+            self.metrics.peer_frames_rejected.inc()
+            return
+        try:
+            self.mempool.add(tx, time.monotonic())
+            self.wake.set()
+        except MempoolFull:
+            self.metrics.mempool_full_drops.inc()
+
+    # -- the driver ---------------------------------------------------------------------------
+    async def drive(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = self.cfg.raft.tick_ms / 1000
+        next_tick = loop.time() + tick
+        while not self.stopped.is_set():
+            timeout = max(0.0, next_tick - loop.time())
+            wait_block = self._block_due_in()
+            if wait_block is not None:
+                timeout = min(timeout, wait_block)
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            if self.transfer_to is not None:
+                try:
+                    self.raw.transfer_leadership(self.transfer_to)
+                except (NotLeader, ProposalDropped):
+                    pass
+                self.transfer_to = None
+            while self.raft_in:
+                self.raw.step(self.raft_in.popleft())
+            now = loop.time()
+            behind = 0
+            while now >= next_tick and behind < 5:
+                self.raw.tick()
+                next_tick += tick
+                behind += 1
+            if now >= next_tick:
+                next_tick = now + tick
+            self._maybe_propose_block()
+            await self._handle_readies()
+
+    async def _handle_readies(self) -> None:
+        while self.raw.has_ready():
+            rd = self.raw.ready()
+            if rd.soft_state is not None:
+                self._on_role_change(rd)
+            for m in rd.messages:
+                if not m.needs_durability:
+                    self._send(m)
+            if rd.must_sync:
+                t = time.perf_counter()
+                await asyncio.to_thread(self.dd.raft.save, rd.hard_state, rd.entries, rd.snapshot)
+                self.metrics.fsync_seconds.observe(time.perf_counter() - t)
+            for m in rd.messages:
+                if m.needs_durability:
+                    self._send(m)
+            if rd.committed_entries:
+                self._apply(rd)
+            self.raw.advance(rd)
+        self.metrics.observe_raft(self.raw.raft, self.dd.ledger.height, len(self.mempool), self.peers.connected)
+
+    def _send(self, m: Message) -> None:
+        peer = self.by_raft_id.get(m.to)
+        if peer is not None:
+            self.peers.send(peer, "raft", message_to_wire(m))
+
+    def _on_role_change(self, rd: Ready) -> None:
+        now = time.monotonic()
+        if rd.soft_state.state == StateType.LEADER:
+            log.info("became leader of term %d", self.raw.raft.term)
+            # transactions already in blocks of our log that are not applied yet must not be
+            # proposed again
+            self.mempool.unmark_all(now)
+            log_ = self.raw.raft.log
+            for idx in range(max(self.dd.ledger.applied_index + 1, log_.first_index()), log_.last_index() + 1):
+                for e in log_.slice(idx, idx + 1):
+                    if e.type == EntryType.NORMAL and e.data:
+                        try:
+                            self.mempool.mark_proposed(decode_block(e.data).tx_ids)
+                        except BlockError:
+                            pass
+        else:
+            self.mempool.unmark_all(now)
+
+    # -- blocks -------------------------------------------------------------------------------
+    def _block_due_in(self) -> float | None:
+        if self.raw.raft.state != StateType.LEADER or not self.mempool.pending():
+            return None
+        if self.mempool.first_pending_at is None:
+            return 0.0
+        return max(0.0, self.mempool.first_pending_at + self.cfg.blocks.max_wait_ms / 1000 - time.monotonic())
+
+    def _maybe_propose_block(self) -> None:
+        r = self.raw.raft
+        if r.state != StateType.LEADER or not self.mempool.pending():
+            return
+        if r.log.last_index() != self.dd.ledger.applied_index:
+            return  # the previous block is not applied yet
+        due = self._block_due_in()
+        if self.mempool.pending() < self.cfg.blocks.max_txs and due:
+            return
+        txs = self.mempool.take(self.cfg.blocks.max_txs, self.cfg.blocks.max_bytes)
+        led = self.dd.ledger
+        block = make_block(self.key, height=led.height + 1, prev_hash=led.head_hash, state_root=led.state_root,
+                           timestamp=int(time.time() * 1000), proposer=self.me.node_id, term=r.term,
+                           index=r.log.last_index() + 1, txs=[t.encode() for t in txs],
+                           tx_ids=[t.tx_id for t in txs])
+        try:
+            self.raw.propose(block.encode())
+        except (NotLeader, ProposalDropped):
+            self.mempool.unmark_all(time.monotonic())
+
+    def _apply(self, rd: Ready) -> None:
+        led = self.dd.ledger
+        for e in rd.committed_entries:
+            if e.index <= led.applied_index:
+                continue
+            if e.type == EntryType.CONF_CHANGE:
+                try:
+                    self.conf = apply_conf_change(self.conf, ConfChange.decode(e.data))
+                except ValueError:
+                    pass
+                led.mark_applied(e.index, self.conf)
+                continue
+            if not e.data:
+                led.mark_applied(e.index)
+                continue
+            self._apply_block(e.index, e.data)
+
+    def _apply_block(self, index: int, data: bytes) -> None:
+        led = self.dd.ledger
+        try:
+            block = decode_block(data)
+            txs = []
+            for tx_id, env in zip(block.tx_ids, block.txs):
+                tx = self.mempool.get(tx_id)
+                if tx is None:
+                    tx = decode_tx(env)
+                    if not tx.signature_ok():
+                        raise BlockError(f"transaction {tx_id} has a bad signature")
+                txs.append(tx)
+        except (BlockError, TxError) as e:
+            log.error("rejecting the block at index %d: %s", index, e)
+            led.mark_applied(index)
+            return
+        t0 = time.monotonic()
+        out = led.apply_block(block, txs, index)
+        if isinstance(out, str):
+            log.error("rejecting the block at index %d: %s", index, out)
+            return
+        self.mempool.remove(block.tx_ids, time.monotonic())
+        h = block.header.height
+        for tx_id, r in zip(block.tx_ids, out.results):
+            self.metrics.tx_committed.labels(code=r.code).inc()
+            for fut in self.waiters.pop(tx_id, ()):
+                if not fut.done():
+                    fut.set_result(Committed(tx_id, h, r.code))
+        self.metrics.apply_seconds.observe(time.monotonic() - t0)
+        event = {"height": h, "hash": block.hash, "txs": len(block.txs), "timestamp": block.header.timestamp}
+        for q in list(self.block_listeners):
+            if q.qsize() < 1000:
+                q.put_nowait(event)
+
+    # -- gossip -------------------------------------------------------------------------------
+    async def gossip(self) -> None:
+        period = self.cfg.mempool.gossip_ms / 1000
+        while not self.stopped.is_set():
+            await asyncio.sleep(period)
+            if self.gossip_out:
+                batch, self.gossip_out = self.gossip_out, []
+                for i in range(0, len(batch), 2000):
+                    self.peers.broadcast("txs", batch[i:i + 2000])
+
+    # -- shutdown -----------------------------------------------------------------------------
+    async def hand_over(self, timeout: float = 3.0) -> None:
+        """Stop taking submissions; a leader hands leadership to its most caught-up
+        follower first, so nothing acknowledged waits on a timeout."""
+        self.accepting = False
+        r = self.raw.raft
+        if r.state != StateType.LEADER or len(r.conf.voters) < 2:
+            return
+        deadline = time.monotonic() + timeout
+        others = [v for v in r.conf.voters if v != r.id]
+        best = max(others, key=lambda v: r.prs[v].match if v in r.prs else 0)
+        self.transfer_to = best   # done by the driver, which owns the Raft core
+        self.wake.set()
+        while self.raw.raft.state == StateType.LEADER and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        log.info("handed leadership to %s", self.by_raft_id.get(best))
+
+    def close(self) -> None:
+        self.dd.close()
