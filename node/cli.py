@@ -25,6 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--base-port", type=int, default=8000, help="node K serves HTTP on BASE_PORT+K")
     i.add_argument("--peer-base-port", type=int, default=None, help="node K's peer port (default BASE_PORT+100+K)")
     i.add_argument("--host", default="127.0.0.1")
+    st = sub.add_parser("status", help="a table of the cluster's nodes")
+    st.add_argument("--cluster-dir", default=".cluster", help="folder with genesis.json")
+    kg = sub.add_parser("keygen", help="make an Ed25519 key (PEM, PKCS#8); prints its public key")
+    kg.add_argument("--out", required=True)
+    sb = sub.add_parser("submit", help="sign a transaction with a key file and send it")
+    sb.add_argument("--node", default="127.0.0.1:8001", help="host:port of a node's HTTP API")
+    sb.add_argument("--key", required=True, help="PEM key file of the signer")
+    sb.add_argument("--type", required=True, dest="type_")
+    sb.add_argument("--org", default="", help="the org sent for ('' for a customer's own)")
+    sb.add_argument("--payload", required=True, help="the payload as JSON")
+    sb.add_argument("--no-wait", action="store_true", help="do not wait for the commit")
     v = sub.add_parser("verify", help="audit a node's chain offline (SPEC §6)")
     v.add_argument("--data-dir", required=True, help="the node's data directory")
     v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
@@ -35,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("need --transactions >= --block > 0")
         run_store(a.transactions, a.block, workdir=a.workdir)
         return 0
+    if a.cmd in ("status", "keygen", "submit"):
+        from . import client
+        if a.cmd == "status":
+            return client.print_status(a.cluster_dir)
+        if a.cmd == "keygen":
+            return client.keygen(a.out)
+        return client.submit(a.node, a.key, a.type_, a.org, a.payload, not a.no_wait)
     if a.cmd == "node":
         from .main import run as run_node
         return run_node(a.config)

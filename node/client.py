@@ -1,0 +1,88 @@
+"""Client commands: `crmledger status` (a table of the cluster's nodes), `crmledger keygen`
+and `crmledger submit` (sign a transaction with a key file and send it)."""
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from node.ledger.keys import SigningKey
+from node.ledger.tx import TX_TYPES, sign_tx
+from storage.datadir import genesis_of
+
+
+def _get(url: str, timeout: float = 2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def cluster_status(cluster_dir: str) -> list[dict]:
+    g = genesis_of(cluster_dir)
+    rows = []
+    for nid, n in sorted(g.nodes.items(), key=lambda kv: kv[1].raft_id):
+        try:
+            st = _get(f"http://{n.api_addr}/v1/status")
+            rows.append({"node": nid, "api": n.api_addr, **st})
+        except (OSError, ValueError):
+            rows.append({"node": nid, "api": n.api_addr, "role": "down"})
+    top = max((r.get("height", 0) for r in rows), default=0)
+    for r in rows:
+        r["lag"] = top - r["height"] if "height" in r else None
+    return rows
+
+
+def print_status(cluster_dir: str) -> int:
+    try:
+        rows = cluster_status(cluster_dir)
+    except (OSError, ValueError) as e:
+        print(f"status: {e}", file=sys.stderr)
+        return 2
+    print(f"{'node':<8} {'api':<21} {'role':<10} {'term':>5} {'height':>7} {'lag':>4}  head")
+    for r in rows:
+        if r["role"] == "down":
+            print(f"{r['node']:<8} {r['api']:<21} {'down':<10}")
+            continue
+        print(f"{r['node']:<8} {r['api']:<21} {r['role']:<10} {r['term']:>5} {r['height']:>7} {r['lag']:>4}  "
+              f"{r['head_hash'][:16]}")
+    return 0 if any(r["role"] == "leader" for r in rows) else 1
+
+
+def keygen(out: str) -> int:
+    p = Path(out)
+    if p.exists():
+        print(f"keygen: {p} exists", file=sys.stderr)
+        return 2
+    k = SigningKey.generate()
+    p.write_bytes(k.to_pem())
+    p.chmod(0o600)
+    print(k.public_hex)
+    return 0
+
+
+def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: bool) -> int:
+    try:
+        key = SigningKey.from_pem(Path(key_file).read_bytes())
+        body = json.loads(payload)
+    except (OSError, ValueError) as e:
+        print(f"submit: {e}", file=sys.stderr)
+        return 2
+    if type_ not in TX_TYPES:
+        print(f"submit: type must be one of {', '.join(sorted(TX_TYPES))}", file=sys.stderr)
+        return 2
+    env = sign_tx(key, type_, org, secrets.token_hex(8), int(time.time() * 1000), body)
+    url = f"http://{node}/v1/tx" + ("?wait=commit" if wait else "")
+    req = urllib.request.Request(url, data=json.dumps(env).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            print(r.read().decode())
+            return 0
+    except urllib.error.HTTPError as e:
+        print(e.read().decode(), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"submit: cannot reach {node}: {e}", file=sys.stderr)
+        return 2

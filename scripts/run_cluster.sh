@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# A local crmledger cluster (SPEC §5).
+#   scripts/run_cluster.sh start [N]   create (if absent) and start N nodes (default 3), return once a leader is elected
+#   scripts/run_cluster.sh stop        SIGTERM every node, wait for them to exit
+#   scripts/run_cluster.sh status      role, term and height of each node
+#   scripts/run_cluster.sh [N]         start, then follow the logs until Ctrl-C, which stops the cluster
+# Environment: CLUSTER_DIR (./.cluster), VENV (./.venv), BASE_PORT (8000: node K serves HTTP on BASE_PORT+K).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CLUSTER_DIR=${CLUSTER_DIR:-./.cluster}
+VENV=${VENV:-./.venv}
+BASE_PORT=${BASE_PORT:-8000}
+PYTHON=${PYTHON:-python3}
+
+ensure_venv() {
+    if [ ! -x "$VENV/bin/crmledger" ]; then
+        echo "creating $VENV and installing crmledger ..." >&2
+        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "need Python 3.11+" >&2; exit 1; }
+        "$PYTHON" -m venv "$VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+        "$VENV/bin/python" -m pip install -q "$ROOT"
+    fi
+}
+
+node_count() { ls "$CLUSTER_DIR"/node*.toml 2>/dev/null | wc -l; }
+
+running() {  # is node $1 running?
+    local pidf="$CLUSTER_DIR/node$1.pid"
+    [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null
+}
+
+start() {
+    local n=${1:-3}
+    ensure_venv
+    if [ ! -f "$CLUSTER_DIR/genesis.json" ]; then
+        "$VENV/bin/crmledger" init --nodes "$n" --out "$CLUSTER_DIR" --base-port "$BASE_PORT" >/dev/null
+    fi
+    n=$(node_count)
+    for i in $(seq 1 "$n"); do
+        if running "$i"; then continue; fi
+        nohup "$VENV/bin/crmledger" node --config "$CLUSTER_DIR/node$i.toml" >>"$CLUSTER_DIR/node$i.log" 2>&1 &
+        echo $! >"$CLUSTER_DIR/node$i.pid"
+    done
+    for _ in $(seq 1 300); do
+        if "$VENV/bin/crmledger" status --cluster-dir "$CLUSTER_DIR" >/dev/null 2>&1; then
+            "$VENV/bin/crmledger" status --cluster-dir "$CLUSTER_DIR"
+            echo "cluster of $n nodes in $CLUSTER_DIR; HTTP endpoints:"
+            for i in $(seq 1 "$n"); do
+                grep -A1 '^\[api\]' "$CLUSTER_DIR/node$i.toml" | sed -n 's/^listen = "\(.*\)"/  http:\/\/\1/p'
+            done
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "no leader was elected within 30 s; see $CLUSTER_DIR/node*.log" >&2
+    return 1
+}
+
+stop() {
+    local pids=()
+    for pidf in "$CLUSTER_DIR"/node*.pid; do
+        [ -f "$pidf" ] || continue
+        local pid; pid=$(cat "$pidf")
+        if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; pids+=("$pid"); fi
+    done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then echo "node $pid did not stop in 15 s: killing it" >&2; kill -KILL "$pid"; fi
+    done
+    rm -f "$CLUSTER_DIR"/node*.pid
+    echo "stopped ${#pids[@]} node(s)"
+}
+
+status() {
+    ensure_venv
+    "$VENV/bin/crmledger" status --cluster-dir "$CLUSTER_DIR"
+}
+
+case "${1:-}" in
+    start) start "${2:-3}" ;;
+    stop) stop ;;
+    status) status ;;
+    ""|[0-9]*)
+        start "${1:-3}"
+        trap 'echo; stop; exit 0' INT TERM
+        tail -n 0 -F "$CLUSTER_DIR"/node*.log &
+        wait $!
+        ;;
+    *) echo "usage: $0 [start [N] | stop | status | N]" >&2; exit 2 ;;
+esac
