@@ -29,7 +29,8 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 
 def init_cluster(out: str | Path, nodes: int, *, base_port: int = 8000, peer_base_port: int | None = None,
-                 host: str = "127.0.0.1", chain_id: str | None = None) -> Path:
+                 host: str = "127.0.0.1", chain_id: str | None = None,
+                 tables: dict[str, dict[str, int]] | None = None) -> Path:
     if not 1 <= nodes <= 64:
         raise ValueError("--nodes must be between 1 and 64")
     peer_base = peer_base_port if peer_base_port is not None else base_port + 100
@@ -59,5 +60,5 @@ def init_cluster(out: str | Path, nodes: int, *, base_port: int = 8000, peer_bas
         _write(d / f"node{i}.toml", render_config(
             f"node{i}", data_dir=f"node{i}", genesis="genesis.json", node_key=f"keys/node{i}.pem",
             tls_cert=f"keys/node{i}.crt", api_listen=f"{host}:{base_port + i}",
-            peer_listen=f"{host}:{peer_base + i}").encode())
+            peer_listen=f"{host}:{peer_base + i}", tables=tables).encode())
     return d

@@ -2,9 +2,11 @@
 of the genesis only. Every node dials every other node for what it sends, and accepts
 their connections for what it receives. A peer is known by the SHA-256 of its
 certificate, pinned in the genesis; an unknown certificate, a malformed or oversized
-frame ends the connection (counted), never the node. Each outgoing link has a bounded
-queue: when a peer cannot keep up, the oldest frames are dropped (Raft and gossip both
-recover from loss) and counted."""
+frame ends the connection (counted), never the node. Each outgoing link has a queue
+bounded in frames and bytes: when a peer cannot keep up, the oldest frames are dropped,
+and while the link is down nothing is queued at all — Raft recovers from lost messages
+(a peer that was away gets what it misses, as entries or as a snapshot, when it is back)
+and stale ones are worse than none. Drops are counted."""
 from __future__ import annotations
 
 import asyncio
@@ -38,24 +40,42 @@ def _peer_fingerprint(writer: asyncio.StreamWriter) -> str | None:
 
 
 class _Outbox:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int) -> None:
         self.q: deque[bytes] = deque()
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.up = False
         self.ready = asyncio.Event()
 
     def put(self, data: bytes) -> bool:
-        dropped = False
-        if len(self.q) >= self.size:
-            self.q.popleft()
-            dropped = True
+        """False when something was dropped to make room, or `data` itself for a link down."""
+        if not self.up:
+            return False
         self.q.append(data)
+        self.bytes += len(data)
+        dropped = False
+        while len(self.q) > self.size or (self.bytes > self.max_bytes and len(self.q) > 1):
+            self.bytes -= len(self.q.popleft())
+            dropped = True
         self.ready.set()
         return not dropped
+
+    def pop(self) -> bytes:
+        data = self.q.popleft()
+        self.bytes -= len(data)
+        return data
+
+    def link(self, up: bool) -> None:
+        self.up = up
+        if not up:
+            self.q.clear()
+            self.bytes = 0
 
 
 class PeerLinks:
     def __init__(self, me: NodeInfo, genesis: Genesis, cert: str, key: str, on_frame: Handler,
-                 queue_size: int = 8192) -> None:
+                 queue_size: int = 8192, queue_bytes: int = 64 << 20) -> None:
         self.me = me
         self.genesis = genesis
         self.on_frame = on_frame
@@ -63,7 +83,7 @@ class PeerLinks:
         self.client_ctx = _context(False, cert, key, genesis)
         self.by_fingerprint = {n.tls_cert_sha256: n for n in genesis.nodes.values() if n.tls_cert_sha256}
         self.peers = {nid: n for nid, n in genesis.nodes.items() if nid != me.node_id}
-        self.outboxes = {nid: _Outbox(queue_size) for nid in self.peers}
+        self.outboxes = {nid: _Outbox(queue_size, queue_bytes) for nid in self.peers}
         self.connected: dict[str, bool] = {nid: False for nid in self.peers}
         self.counters: Counter[str] = Counter()
         self._server: asyncio.base_events.Server | None = None
@@ -76,13 +96,13 @@ class PeerLinks:
             self.counters["send_to_unknown_peer"] += 1
             return
         if not box.put(frame(kind, body)):
-            self.counters["frames_dropped_queue_full"] += 1
+            self.counters["frames_dropped"] += 1
 
     def broadcast(self, kind: str, body) -> None:
         data = frame(kind, body)
         for nid, box in self.outboxes.items():
             if not box.put(data):
-                self.counters["frames_dropped_queue_full"] += 1
+                self.counters["frames_dropped"] += 1
 
     async def dial_forever(self, node_id: str) -> None:
         """Keep a connection to `node_id` open and feed it the outbox; back off on failure."""
@@ -98,10 +118,11 @@ class PeerLinks:
                     raise ConnectionError(f"{node_id} presented a certificate not pinned for it")
                 writer.write(frame("hello", {"node_id": self.me.node_id, "genesis": self.genesis.hash}))
                 self.connected[node_id] = True
+                box.link(True)
                 delay = 0.05
                 while True:
                     while box.q:
-                        writer.write(box.q.popleft())
+                        writer.write(box.pop())
                     box.ready.clear()
                     await writer.drain()
                     if not box.q:
@@ -114,6 +135,7 @@ class PeerLinks:
                 self.counters["dial_failures"] += 1
             finally:
                 self.connected[node_id] = False
+                box.link(False)
                 if writer is not None:
                     writer.close()
             await asyncio.sleep(delay)

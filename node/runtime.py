@@ -7,15 +7,18 @@ of the block before it)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
 from collections import deque
 from dataclasses import dataclass
 
+import msgpack
+
 from consensus import (
     Config, ConfChange, EntryType, Message, NotLeader, ProposalDropped, RawNode, Ready,
-    StateType, bootstrap_snapshot,
+    Snapshot, StateType, bootstrap_snapshot,
 )
 from consensus.messages import HardState, apply_conf_change
 from node.config import NodeConfig
@@ -74,6 +77,9 @@ class Node:
         self.block_listeners: set[asyncio.Queue] = set()
         self.accepting = True
         self.transfer_to: int | None = None
+        self.block_requests: dict[int, asyncio.Future] = {}
+        self.request_ids = itertools.count(1)
+        self.snapshot_height = self._snapshot_info(self.dd.raft.snapshot())["height"]
         self.stopped = asyncio.Event()
 
     # -- status ------------------------------------------------------------------------------
@@ -125,6 +131,14 @@ class Node:
             elif kind == "txs" and type(body) is list:
                 for env in body[:10_000]:
                     self._gossiped(env)
+            elif kind == "get_blocks" and type(body) is dict:
+                self._serve_blocks(peer, body)
+            elif kind == "blocks" and type(body) is dict:
+                fut = self.block_requests.pop(body.get("id"), None)
+                if fut is not None and not fut.done() and type(body.get("blocks")) is list:
+                    fut.set_result(body["blocks"])
+            else:
+                self.metrics.peer_frames_rejected.inc()
         except WireError:
             self.metrics.peer_frames_rejected.inc()
 
@@ -180,6 +194,7 @@ class Node:
                 next_tick = now + tick
             self._maybe_propose_block()
             await self._handle_readies()
+            self._maybe_snapshot()
 
     async def _handle_readies(self) -> None:
         while self.raw.has_ready():
@@ -189,6 +204,10 @@ class Node:
             for m in rd.messages:
                 if not m.needs_durability:
                     self._send(m)
+            if rd.snapshot is not None:
+                # the ledger first catches up to the snapshot by fetching blocks, then the
+                # Raft log may drop what the snapshot covers
+                await self._catch_up(rd.snapshot)
             if rd.must_sync:
                 t = time.perf_counter()
                 await asyncio.to_thread(self.dd.raft.save, rd.hard_state, rd.entries, rd.snapshot)
@@ -269,7 +288,7 @@ class Node:
                 continue
             self._apply_block(e.index, e.data)
 
-    def _apply_block(self, index: int, data: bytes) -> None:
+    def _apply_block(self, index: int, data: bytes, from_log: bool = True) -> None:
         led = self.dd.ledger
         try:
             block = decode_block(data)
@@ -283,10 +302,11 @@ class Node:
                 txs.append(tx)
         except (BlockError, TxError) as e:
             log.error("rejecting the block at index %d: %s", index, e)
-            led.mark_applied(index)
+            if from_log:
+                led.mark_applied(index)
             return
         t0 = time.monotonic()
-        out = led.apply_block(block, txs, index)
+        out = led.apply_block(block, txs, index, from_log=from_log)
         if isinstance(out, str):
             log.error("rejecting the block at index %d: %s", index, out)
             return
@@ -302,6 +322,88 @@ class Node:
         for q in list(self.block_listeners):
             if q.qsize() < 1000:
                 q.put_nowait(event)
+
+    # -- snapshots and catching up -------------------------------------------------------------
+    @staticmethod
+    def _snapshot_info(snap: Snapshot) -> dict:
+        if not snap.data:
+            return {"height": 0, "head": "", "index": snap.index}
+        info = msgpack.unpackb(snap.data, raw=False)
+        if type(info) is not dict or type(info.get("height")) is not int or type(info.get("head")) is not str:
+            raise NodeError("a snapshot that is not this program's")
+        return info
+
+    def _maybe_snapshot(self) -> None:
+        """Every `snapshot_every_blocks` blocks: record where the ledger is as the Raft
+        snapshot and drop the log before it, keeping `keep_entries` for slow followers."""
+        led = self.dd.ledger
+        if led.height - self.snapshot_height < self.cfg.raft.snapshot_every_blocks:
+            return
+        if self.raw.raft.log.applied != led.applied_index:
+            return
+        led.sync()  # what the snapshot describes is on disk before the log entries go
+        data = msgpack.packb({"height": led.height, "head": led.head_hash, "index": led.applied_index})
+        self.raw.compact(data, keep=self.cfg.raft.keep_entries)
+        self.snapshot_height = led.height
+        log.info("snapshot at height %d (index %d)", led.height, led.applied_index)
+
+    def _serve_blocks(self, peer: str, body: dict) -> None:
+        lo, hi, rid = body.get("from"), body.get("to"), body.get("id")
+        if not all(type(v) is int for v in (lo, hi, rid)) or lo < 1 or hi < lo:
+            self.metrics.peer_frames_rejected.inc()
+            return
+        out, size = [], 0
+        for h in range(lo, min(hi, self.dd.ledger.height, lo + 199) + 1):
+            b = self.dd.ledger.block_bytes(h)
+            if b is None:
+                break
+            out.append(b)
+            size += len(b)
+            if size > 16 << 20:
+                break
+        self.peers.send(peer, "blocks", {"id": rid, "blocks": out})
+
+    async def _catch_up(self, snap: Snapshot) -> None:
+        target = self._snapshot_info(snap)
+        led = self.dd.ledger
+        sources = itertools.cycle([self.leader_id()] + sorted(p for p in self.peers.peers if p != self.leader_id()))
+        delay = 0.05
+        if led.height < target["height"]:
+            log.info("catching up from height %d to %d by block transfer", led.height, target["height"])
+        while led.height < target["height"]:
+            peer = next(sources)
+            if peer is None or peer not in self.peers.peers:
+                continue
+            rid = next(self.request_ids)
+            fut = asyncio.get_running_loop().create_future()
+            self.block_requests[rid] = fut
+            self.peers.send(peer, "get_blocks", {"id": rid, "from": led.height + 1, "to": target["height"]})
+            try:
+                blocks = await asyncio.wait_for(fut, 5)
+            except asyncio.TimeoutError:
+                self.block_requests.pop(rid, None)
+                blocks = []
+            before = led.height
+            for data in blocks:
+                if type(data) is not bytes:
+                    break
+                try:
+                    index = decode_block(data).header.index
+                except BlockError:
+                    break
+                self._apply_block(index, data, from_log=False)
+                if led.height == before:  # it did not extend our chain: ask elsewhere
+                    break
+                before = led.height
+            if not blocks:
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+        if led.head_hash != target["head"] and target["height"]:
+            raise NodeError(f"after catching up to height {target['height']} the head differs from the snapshot's")
+        self.conf = snap.meta.conf_state
+        if led.applied_index < snap.index:
+            led.mark_applied(snap.index, self.conf)
+        self.snapshot_height = target["height"]
 
     # -- gossip -------------------------------------------------------------------------------
     async def gossip(self) -> None:

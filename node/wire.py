@@ -14,7 +14,7 @@ from consensus import (
 
 VERSION = 1
 MAX_FRAME = 64 << 20
-KINDS = frozenset({"hello", "raft", "txs"})
+KINDS = frozenset({"hello", "raft", "txs", "get_blocks", "blocks"})
 
 
 class WireError(ValueError):

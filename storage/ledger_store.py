@@ -135,6 +135,15 @@ class LedgerStore:
             return None
         return BlockHeader.from_map(msgpack.unpackb(row[0], raw=False)), row[1], row[2].hex()
 
+    def block_bytes(self, height: int) -> bytes | None:
+        """Block `height` in the form it was proposed (for a node catching up)."""
+        got = self.block_header(height)
+        if got is None:
+            return None
+        header, sig, _ = got
+        envs = [env for _, _, env in self.block_txs(height)]
+        return msgpack.packb([header.to_map(), sig, envs], use_bin_type=True)
+
     def block_txs(self, height: int) -> list[tuple[str, str, bytes]]:
         """(tx_id, code, stored envelope) of each transaction of a block, in order."""
         rows = self.conn.execute("SELECT tx_id, code, env FROM txs WHERE seq >= ? AND seq < ? ORDER BY seq",
@@ -160,16 +169,19 @@ class LedgerStore:
 
     # -- writing ---------------------------------------------------------------------------
     def apply_block(self, block: Block, txs: list[Tx], raft_index: int,
-                    conf_state: ConfState | None = None, check_sig: bool = True) -> BlockOutcome | str:
+                    conf_state: ConfState | None = None, check_sig: bool = True,
+                    from_log: bool = True) -> BlockOutcome | str:
         """Apply a committed block whose transactions are parsed and signature-checked.
-        Returns the outcome, or why the block cannot extend the chain (then only the
-        applied index moves: every node rejects the same block the same way)."""
+        Returns the outcome, or why the block cannot extend the chain (then, for a block
+        from the Raft log, only the applied index moves: every node rejects the same
+        block the same way; a block fetched from a peer leaves nothing behind)."""
         why = check_block(block, self.genesis, prev_hash=self.head_hash, height=self.height + 1,
                           state_root=self.state_root, check_sig=check_sig)
         if why is None and block.header.index != raft_index:
             why = f"header names Raft index {block.header.index}, carried at {raft_index}"
         if why is not None:
-            self.mark_applied(raft_index, conf_state)
+            if from_log:
+                self.mark_applied(raft_index, conf_state)
             return why
         h = block.header
         ids = [bytes.fromhex(tx.tx_id) for tx in txs]

@@ -56,9 +56,9 @@ def wait_for(cond, timeout: float = 20.0, what: str = "condition"):
 
 
 class Cluster:
-    def __init__(self, tmp: Path, n: int = 3) -> None:
+    def __init__(self, tmp: Path, n: int = 3, tables: dict | None = None) -> None:
         self.base = _free_block(n)
-        self.dir = init_cluster(tmp / "cluster", n, base_port=self.base)
+        self.dir = init_cluster(tmp / "cluster", n, base_port=self.base, tables=tables)
         self.n = n
         self.procs: dict[int, subprocess.Popen] = {}
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
