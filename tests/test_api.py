@@ -1,0 +1,158 @@
+"""The HTTP API in process, on a one-node consortium (which commits on its own)."""
+import asyncio
+import json
+import time
+
+import msgpack
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from node.api import make_app
+from node.cluster_init import init_cluster
+from node.config import load_config
+from node.ledger.keys import SigningKey
+from node.ledger.tx import sign_tx
+from node.openapi import OPENAPI
+from node.runtime import Node
+
+
+def _node(tmp_path, **tables) -> tuple[Node, SigningKey]:
+    d = init_cluster(tmp_path / "c", 1, base_port=1000, tables=tables or None)
+    node = Node(load_config(d / "node1.toml"))
+    return node, SigningKey.from_pem((d / "keys" / "org1.pem").read_bytes())
+
+
+def _env(key, cid="c1", nonce=None):
+    return sign_tx(key, "customer.register", "org1", nonce or f"{cid}-{time.time_ns()}",
+                   int(time.time() * 1000), {"customer_id": cid, "customer_key": None, "profile_hash": "ab" * 32})
+
+
+@pytest.fixture
+async def api(tmp_path):
+    node, key = _node(tmp_path)
+    driver = asyncio.create_task(node.drive())
+    client = TestClient(TestServer(make_app(node)))
+    await client.start_server()
+    try:
+        yield client, node, key
+    finally:
+        node.stopped.set()
+        node.wake.set()
+        await driver
+        await client.close()
+        node.close()
+
+
+async def test_submit_wait_and_statuses(api):
+    client, node, key = api
+    env = _env(key)
+    r = await client.post("/v1/tx?wait=commit", json=env)
+    body = await r.json()
+    assert r.status == 200 and body["status"] == "committed" and body["valid"] and body["code"] == "valid"
+    assert (await client.post("/v1/tx", json=env)).status == 409
+    got = await (await client.get(f"/v1/tx/{body['tx_id']}")).json()
+    assert got["status"] == "committed" and got["height"] == body["height"]
+    assert (await (await client.get("/v1/tx/" + "0" * 64)).json())["status"] == "unknown"
+    blk = await (await client.get("/v1/blocks/latest?full=1")).json()
+    assert blk["txs"] == [body["tx_id"]] and blk["results"] == ["valid"] and blk["envelopes"][0] == env
+    assert (await client.get("/v1/blocks/99")).status == 404
+    cust = await (await client.get("/v1/customers/c1")).json()
+    assert cust["owner"] == "org1" and cust["erased"] is False
+    st_ = await (await client.get("/v1/status")).json()
+    assert st_["role"] == "leader" and st_["height"] == 1 and st_["leader_id"] == "node1"
+
+
+async def test_msgpack_and_json_give_the_same_tx(api):
+    client, node, key = api
+    env = _env(key, "c2")
+    r = await client.post("/v1/tx", data=msgpack.packb(env), headers={"Content-Type": "application/msgpack"})
+    a = await r.json()
+    assert r.status == 202 and a["status"] == "pending"
+    r2 = await client.post("/v1/tx", data=json.dumps(env), headers={"Content-Type": "application/json"})
+    assert (await r2.json())["tx_id"] == a["tx_id"]
+
+
+async def test_batch_reports_each_in_order(api):
+    client, node, key = api
+    good = _env(key, "b1")
+    bad = dict(good, sig="00" * 64)
+    r = await client.post("/v1/tx/batch", json=[good, bad, {"nope": 1}, _env(key, "b2")])
+    out = await r.json()
+    assert r.status == 202
+    assert [o["status_code"] for o in out] == [202, 400, 400, 202]
+    assert out[1]["error"] == "bad_signature" and out[2]["error"] == "malformed"
+
+
+async def test_events_replay_then_follow(api):
+    client, node, key = api
+    for i in range(2):
+        assert (await client.post("/v1/tx?wait=commit", json=_env(key, f"e{i}"))).status == 200
+    resp = await client.get("/v1/events?from_height=1")
+    seen = []
+    async def read():
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                seen.append(json.loads(line[6:])["height"])
+                if len(seen) == 3:
+                    return
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0)
+    assert (await client.post("/v1/tx?wait=commit", json=_env(key, "e2"))).status == 200
+    await asyncio.wait_for(reader, 10)
+    assert seen == [1, 2, 3]
+    resp.close()
+
+
+async def test_full_mempool_answers_503_with_retry_after(tmp_path):
+    node, key = _node(tmp_path, mempool={"max_txs": 2})
+    client = TestClient(TestServer(make_app(node)))   # no driver: nothing leaves the pool
+    await client.start_server()
+    try:
+        codes = [(await client.post("/v1/tx", json=_env(key, f"m{i}"))) for i in range(3)]
+        assert [r.status for r in codes] == [202, 202, 503]
+        assert codes[2].headers["Retry-After"] == "1" and (await codes[2].json())["error"] == "overloaded"
+    finally:
+        await client.close()
+        node.close()
+
+
+async def test_openapi_lists_every_route(api):
+    client, node, key = api
+    doc = await (await client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.") and set(doc["paths"]) == set(OPENAPI["paths"])
+    routes = {r.resource.canonical for r in client.app.router.routes()}
+    assert routes == set(doc["paths"])
+    assert (await client.get("/healthz")).status == 200
+    assert b"crmledger_raft_term" in await (await client.get("/metrics")).read()
+
+
+_junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                     max_leaves=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/v1/tx", "/v1/tx/batch", "/v1/tx/{x}", "/v1/blocks/{x}", "/v1/customers/{x}",
+                             "/v1/customers/{x}/history", "/v1/tickets/{x}", "/v1/loyalty/{x}", "/v1/status"]),
+       x=st.text(alphabet="abcdef0123456789-_.%", max_size=70), body=_junk,
+       ctype=st.sampled_from(["application/json", "application/msgpack", "text/html"]),
+       query=st.sampled_from(["", "?wait=commit&timeout=0.01", "?wait=x", "?timeout=-1", "?full=1"]))
+def test_no_input_gives_a_500(tmp_path_factory, path, x, body, ctype, query):
+    async def run():
+        node, key = _node(tmp_path_factory.mktemp("fuzz"))
+        client = TestClient(TestServer(make_app(node)))
+        await client.start_server()
+        try:
+            url = path.replace("{x}", x or "x") + query
+            data = msgpack.packb(body) if ctype == "application/msgpack" else json.dumps(body).encode()
+            for method in ("GET", "POST"):
+                r = await client.request(method, url, data=data, headers={"Content-Type": ctype})
+                assert r.status < 500 or r.status in (503, 504), (method, url, r.status, await r.text())
+                if r.status >= 400:
+                    err = await r.json()
+                    assert set(err) >= {"error", "detail"}
+        finally:
+            await client.close()
+            node.close()
+    asyncio.run(run())
