@@ -1,0 +1,125 @@
+"""A local cluster of real node processes on loopback, for the benchmark and the tests:
+free ports, `init`, start, stop (SIGTERM, then SIGKILL after a timeout), status."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from node.cluster_init import init_cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_ports(offsets: list[int]) -> int:
+    """A base port for which base+o is free for every offset o."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(20000, 40000)
+        socks = []
+        try:
+            for o in offsets:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + o))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError("no free ports on 127.0.0.1")
+
+
+def wait_for(cond, timeout: float = 20.0, what: str = "condition", poll: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            v = cond()
+            if v:
+                return v
+        except (OSError, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+class LocalCluster:
+    def __init__(self, folder: Path, n: int = 3, tables: dict | None = None) -> None:
+        self.base = free_ports([i for i in range(1, n + 1)] + [100 + i for i in range(1, n + 1)])
+        self.dir = init_cluster(folder, n, base_port=self.base, tables=tables)
+        self.n = n
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def start(self, i: int) -> None:
+        with open(self.dir / f"node{i}.log", "ab") as log:
+            self.procs[i] = subprocess.Popen(
+                [sys.executable, "-m", "node.cli", "node", "--config", str(self.dir / f"node{i}.toml")],
+                stdout=log, stderr=log, env=self.env, cwd=ROOT)
+
+    def start_all(self, timeout: float = 30.0) -> int:
+        for i in range(1, self.n + 1):
+            self.start(i)
+        return self.wait_leader(timeout)
+
+    def stop(self, i: int, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        p = self.procs.pop(i)
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        return p.returncode
+
+    def stop_all(self) -> None:
+        for i in list(self.procs):
+            self.stop(i)
+
+    def url(self, i: int, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.base + i}{path}"
+
+    def get(self, i: int, path: str):
+        with urllib.request.urlopen(self.url(i, path), timeout=5) as r:
+            return json.loads(r.read())
+
+    def post(self, i: int, path: str, body) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url(i, path), data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def status(self, i: int) -> dict:
+        return self.get(i, "/v1/status")
+
+    def leader(self) -> int | None:
+        for i in self.procs:
+            try:
+                if self.status(i)["role"] == "leader":
+                    return i
+            except OSError:
+                pass
+        return None
+
+    def wait_leader(self, timeout: float = 20.0) -> int:
+        return wait_for(self.leader, timeout, "a leader")
+
+    def heads(self) -> dict[int, tuple[int, str]]:
+        return {i: (st["height"], st["head_hash"]) for i in self.procs for st in [self.status(i)]}
+
+    def converged(self) -> bool:
+        return len(set(self.heads().values())) == 1
