@@ -13,6 +13,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--batch", type=int, default=256, help="entries per proposal")
     b.add_argument("--size", type=int, default=128, help="bytes per entry")
     b.add_argument("--runs", type=int, default=5)
+    bc = sub.add_parser("bench", help="drive a local 3-node cluster over HTTP (and a local etcd as reference)")
+    bc.add_argument("--reference", choices=["etcd"], default=None)
+    bc.add_argument("--runs", type=int, default=3, help="runs per load shape (the median is printed)")
+    bc.add_argument("--scale", type=float, default=1.0, help="multiplies the transactions per phase")
     s = sub.add_parser("bench-store", help="benchmark the durable store and verify on a long chain")
     s.add_argument("--transactions", type=int, default=1_000_000)
     s.add_argument("--block", type=int, default=500, help="transactions per block")
@@ -40,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--data-dir", required=True, help="the node's data directory")
     v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
     a = ap.parse_args(argv)
+    if a.cmd == "bench":
+        from .bench_cluster import run as run_bench
+        if a.runs <= 0 or a.scale <= 0:
+            ap.error("--runs and --scale must be positive")
+        try:
+            run_bench(a.reference, a.runs, a.scale)
+        except RuntimeError as e:
+            print(f"bench: {e}", file=sys.stderr)
+            return 1
+        return 0
     if a.cmd == "bench-store":
         from .bench_store import run as run_store
         if a.transactions < a.block or a.block <= 0:

@@ -25,13 +25,13 @@ class RaftConfig:
 class BlockConfig:
     max_txs: int = 500
     max_bytes: int = 1 << 20
-    max_wait_ms: int = 20
+    max_wait_ms: int = 2
 
 
 @dataclass(frozen=True, slots=True)
 class MempoolConfig:
     max_txs: int = 50_000
-    gossip_ms: int = 5
+    gossip_ms: int = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,216 @@
+"""`crmledger bench`: a local 3-node cluster driven over HTTP.
+
+Transactions are signed ahead of time (in worker processes), then sent at concurrency
+1, 16 and 64, one per request (`?wait=commit`) and in batches (`/v1/tx/batch`). A phase
+ends when every node has committed everything it was sent; it reports committed tx/s and
+commit latency p50/p99, each the median of several runs. With `--reference etcd` a local
+3-node etcd (Debian's etcd-server) is driven through its HTTP gateway (`/v3/kv/put`,
+300-byte values) with the same load shape by the same client, and the ratios are printed.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import aiohttp
+
+from node.ledger.keys import SigningKey
+from node.ledger.tx import sign_tx
+from node.localcluster import LocalCluster, free_ports, wait_for
+
+T_PHASE = 60.0  # no phase runs longer than this
+
+
+class Progress:
+    def __init__(self, total: int, out=sys.stderr) -> None:
+        self.total, self.done, self.out, self.t0 = total, 0, out, time.monotonic()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        n = 30 * self.done // self.total
+        print(f"\r[{'#' * n}{'.' * (30 - n)}] {self.done}/{self.total} {label:<40}", end="", file=self.out, flush=True)
+
+    def close(self) -> None:
+        print(f"\r{' ' * 90}\r", end="", file=self.out, flush=True)
+
+
+def _sign_chunk(args: tuple[bytes, str, int, int]) -> list[bytes]:
+    pem, tag, first, count = args
+    key = SigningKey.from_pem(pem)
+    now = int(time.time() * 1000)
+    return [json.dumps(sign_tx(key, "customer.register", "org1", f"{tag}-{i}", now, {
+        "customer_id": f"{tag}-{i}", "customer_key": None,
+        "profile_hash": hashlib.sha256(f"{tag}-{i}".encode()).hexdigest()})).encode()
+        for i in range(first, first + count)]
+
+
+def _pre_sign(pem: bytes, tag: str, n: int) -> list[bytes]:
+    chunk = 500
+    jobs = [(pem, tag, i, min(chunk, n - i)) for i in range(0, n, chunk)]
+    with ProcessPoolExecutor(max(1, (os.cpu_count() or 2))) as pool:
+        return [e for part in pool.map(_sign_chunk, jobs) for e in part]
+
+
+def _pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+
+async def _drive(urls: list[str], items: list[bytes], concurrency: int, path: str,
+                 wait_path: str | None) -> tuple[float, list[float]]:
+    """Send `items` (request bodies) with `concurrency` workers round-robin over `urls`;
+    returns (seconds, latencies of each request, or of each batch until committed)."""
+    latencies: list[float] = []
+    it = iter(enumerate(items))
+    conn = aiohttp.TCPConnector(limit=concurrency * 2)
+    deadline = time.monotonic() + T_PHASE
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as s:
+        async def worker() -> None:
+            for i, body in it:
+                if time.monotonic() > deadline:
+                    return
+                url = urls[i % len(urls)]
+                t = time.monotonic()
+                async with s.post(url + path, data=body, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    if r.status >= 500 and r.status != 504:
+                        raise RuntimeError(f"{url}{path}: HTTP {r.status}")
+                if wait_path is not None:  # a batch: wait until its last transaction commits
+                    last = json.dumps(json.loads(body)[-1]).encode()
+                    async with s.post(url + wait_path, data=last, headers={"Content-Type": "application/json"}) as r:
+                        await r.read()
+                latencies.append(time.monotonic() - t)
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.monotonic() - t0, latencies
+
+
+# -- our cluster ---------------------------------------------------------------------------
+def _bench_ledger(work: Path, shape: list[tuple[str, int, int]], runs: int, batch: int, prog: Progress) -> dict:
+    c = LocalCluster(work / "cluster", 3)
+    try:
+        c.start_all()
+        pem = (c.dir / "keys" / "org1.pem").read_bytes()
+        urls = [c.url(i) for i in (1, 2, 3)]
+        results: dict = {}
+        for mode, conc, n in shape:
+            rates, p50s, p99s = [], [], []
+            for r in range(runs):
+                envs = _pre_sign(pem, f"{mode}{conc}r{r}t{time.time_ns()}", n)
+                if mode == "single":
+                    items, path, wait = envs, "/v1/tx?wait=commit", None
+                else:
+                    items = [b"[" + b",".join(envs[i:i + batch]) + b"]" for i in range(0, len(envs), batch)]
+                    path, wait = "/v1/tx/batch", "/v1/tx?wait=commit"
+                target = max(c.status(i)["height"] for i in (1, 2, 3))
+                t0 = time.monotonic()
+                _, lat = asyncio.run(_drive(urls, items, conc, path, wait))
+                wait_for(lambda: c.converged() and c.status(1)["height"] > target, 60, "all nodes to commit", 0.01)
+                elapsed = time.monotonic() - t0
+                rates.append(n / elapsed)
+                p50s.append(_pct(lat, 0.5))
+                p99s.append(_pct(lat, 0.99))
+                prog.step(f"crmledger {mode} c={conc} run {r + 1}")
+            results[(mode, conc)] = {"tx_s": statistics.median(rates), "p50": statistics.median(p50s),
+                                     "p99": statistics.median(p99s)}
+        return results
+    finally:
+        c.stop_all()
+
+
+# -- the etcd reference --------------------------------------------------------------------
+def _bench_etcd(work: Path, shape: list[tuple[str, int, int]], runs: int, prog: Progress) -> dict:
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        raise RuntimeError("etcd is not installed (Debian: apt-get install etcd-server)")
+    base = free_ports([1, 2, 3, 101, 102, 103])
+    peers = ",".join(f"e{i}=http://127.0.0.1:{base + 100 + i}" for i in (1, 2, 3))
+    procs = []
+    try:
+        for i in (1, 2, 3):
+            log = open(work / f"etcd{i}.log", "wb")
+            procs.append(subprocess.Popen([
+                etcd, "--name", f"e{i}", "--data-dir", str(work / f"etcd{i}"),
+                "--listen-client-urls", f"http://127.0.0.1:{base + i}",
+                "--advertise-client-urls", f"http://127.0.0.1:{base + i}",
+                "--listen-peer-urls", f"http://127.0.0.1:{base + 100 + i}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{base + 100 + i}",
+                "--initial-cluster", peers, "--initial-cluster-state", "new",
+                "--initial-cluster-token", "crmledger-bench"], stdout=log, stderr=log))
+        urls = [f"http://127.0.0.1:{base + i}" for i in (1, 2, 3)]
+
+        def healthy() -> bool:
+            import urllib.request
+            with urllib.request.urlopen(urls[0] + "/health", timeout=2) as r:
+                return json.loads(r.read()).get("health") == "true"
+        wait_for(healthy, 30, "etcd to elect a leader")
+        value = base64.b64encode(os.urandom(300)).decode()
+        results: dict = {}
+        for mode, conc, n in shape:
+            if mode != "single":
+                continue
+            rates, p50s, p99s = [], [], []
+            for r in range(runs):
+                items = [json.dumps({"key": base64.b64encode(f"k{conc}-{r}-{i}".encode()).decode(),
+                                     "value": value}).encode() for i in range(n)]
+                secs, lat = asyncio.run(_drive(urls, items, conc, "/v3/kv/put", None))
+                rates.append(n / secs)
+                p50s.append(_pct(lat, 0.5))
+                p99s.append(_pct(lat, 0.99))
+                prog.step(f"etcd put c={conc} run {r + 1}")
+            results[("single", conc)] = {"tx_s": statistics.median(rates), "p50": statistics.median(p50s),
+                                         "p99": statistics.median(p99s)}
+        return results
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def run(reference: str | None = None, runs: int = 3, scale: float = 1.0, batch: int = 100, out=sys.stdout) -> dict:
+    shape = [("single", 1, int(200 * scale)), ("single", 16, int(2000 * scale)), ("single", 64, int(3000 * scale)),
+             ("batch", 1, int(3000 * scale)), ("batch", 16, int(12000 * scale)), ("batch", 64, int(20000 * scale))]
+    total = len(shape) * runs + (3 * runs if reference == "etcd" else 0)
+    prog = Progress(total)
+    with tempfile.TemporaryDirectory(prefix="crmledger-bench-") as tmp:
+        ours = _bench_ledger(Path(tmp), shape, runs, batch, prog)
+        ref = _bench_etcd(Path(tmp), shape, runs, prog) if reference == "etcd" else {}
+    prog.close()
+    print(f"3 local nodes, {os.cpu_count()} cores; median of {runs} runs; latency = until committed", file=out)
+    print(f"{'load':<22} {'tx/s':>9} {'p50 ms':>8} {'p99 ms':>8}" +
+          (f" {'etcd put/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}" if ref else ""), file=out)
+    for mode, conc, _ in shape:
+        r = ours[(mode, conc)]
+        line = f"{mode + (f' ({batch}/req)' if mode == 'batch' else ''):<14} c={conc:<5} {r['tx_s']:>9,.0f} " \
+               f"{r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f}"
+        e = ref.get((mode, conc))
+        if e:
+            line += f" {e['tx_s']:>11,.0f} {e['p50'] * 1000:>8.1f} {e['p99'] * 1000:>8.1f} {r['tx_s'] / e['tx_s']:>6.2f}"
+        print(line, file=out)
+    single64, batch_best = ours[("single", 64)], max(ours[("batch", c)]["tx_s"] for c in (1, 16, 64))
+    if ref:
+        e = ref[("single", 64)]
+        print(f"single submissions at c=64: {single64['tx_s'] / e['tx_s']:.2f}x etcd's puts/s (target >= 1.0), "
+              f"p99 {single64['p99'] * 1000:.0f} ms vs {e['p99'] * 1000:.0f} ms (target <=)", file=out)
+    print(f"batches: best {batch_best:,.0f} committed tx/s (target >= 4,000)", file=out)
+    return {"ours": {f"{m}-{c}": v for (m, c), v in ours.items()},
+            "etcd": {f"{m}-{c}": v for (m, c), v in ref.items()}}
