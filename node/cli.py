@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     sb.add_argument("--org", default="", help="the org sent for ('' for a customer's own)")
     sb.add_argument("--payload", required=True, help="the payload as JSON")
     sb.add_argument("--no-wait", action="store_true", help="do not wait for the commit")
+    sb.add_argument("--print", action="store_true", dest="print_only",
+                    help="print the signed envelope (JSON) instead of sending it")
     v = sub.add_parser("verify", help="audit a node's chain offline (SPEC §6)")
     v.add_argument("--data-dir", required=True, help="the node's data directory")
     v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             return client.print_status(a.cluster_dir)
         if a.cmd == "keygen":
             return client.keygen(a.out)
-        return client.submit(a.node, a.key, a.type_, a.org, a.payload, not a.no_wait)
+        return client.submit(a.node, a.key, a.type_, a.org, a.payload, not a.no_wait, a.print_only)
     if a.cmd == "node":
         from .main import run as run_node
         return run_node(a.config)

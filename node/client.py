@@ -63,7 +63,7 @@ def keygen(out: str) -> int:
     return 0
 
 
-def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: bool) -> int:
+def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: bool, print_only: bool = False) -> int:
     try:
         key = SigningKey.from_pem(Path(key_file).read_bytes())
         body = json.loads(payload)
@@ -74,6 +74,9 @@ def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: b
         print(f"submit: type must be one of {', '.join(sorted(TX_TYPES))}", file=sys.stderr)
         return 2
     env = sign_tx(key, type_, org, secrets.token_hex(8), int(time.time() * 1000), body)
+    if print_only:
+        print(json.dumps(env))
+        return 0
     url = f"http://{node}/v1/tx" + ("?wait=commit" if wait else "")
     req = urllib.request.Request(url, data=json.dumps(env).encode(), headers={"Content-Type": "application/json"})
     try:
