@@ -224,9 +224,15 @@ async def events(request: web.Request) -> web.StreamResponse:
                     await resp.write(f"event: block\ndata: {json.dumps(b)}\n\n".encode())
                 h += 1
         while True:
-            ev = await q.get()
+            try:
+                ev = await asyncio.wait_for(q.get(), 15)
+            except asyncio.TimeoutError:
+                await resp.write(b": keep-alive\n\n")   # also finds clients that went away
+                continue
+            if ev is None:   # the node is stopping
+                break
             await resp.write(f"event: block\ndata: {json.dumps(ev)}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         pass
     finally:
         node.block_listeners.discard(q)

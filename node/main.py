@@ -33,7 +33,7 @@ async def serve(node: Node) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(make_app(node), access_log=None)
+    runner = web.AppRunner(make_app(node), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, _, port = node.cfg.api_listen.rpartition(":")
     await node.peers.start_server()
@@ -54,6 +54,8 @@ async def serve(node: Node) -> None:
             for t in [gossip, *dialers]:
                 t.cancel()
     finally:
+        for q in list(node.block_listeners):   # end the event streams
+            q.put_nowait(None)
         await runner.cleanup()
         await node.peers.close()
         node.close()

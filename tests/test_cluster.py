@@ -139,3 +139,25 @@ def test_a_node_down_across_a_snapshot_catches_up_by_block_transfer(tmp_path):
         c.stop_all()
     for i in (1, 2, 3):
         assert verify(c.dir / f"node{i}", workers=1).ok
+
+
+def test_a_listening_event_stream_does_not_hold_up_shutdown(cluster):
+    import threading
+    import time
+    import urllib.request
+    got = []
+    r = urllib.request.urlopen(cluster.url(1, "/v1/events"), timeout=30)
+
+    def read():
+        try:
+            got.append(r.read())   # returns once the node ends the stream
+        except OSError:
+            got.append(b"")
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    assert cluster.register(1, "watched")[0] == 200
+    t0 = time.monotonic()
+    assert cluster.stop(1) == 0
+    assert time.monotonic() - t0 < 8
+    t.join(5)
+    assert got and b"event: block" in got[0]
