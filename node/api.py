@@ -65,6 +65,7 @@ def _result(node: Node, obj) -> tuple[int, dict]:
     try:
         tx = admit(obj)
     except TxError as e:
+        node.metrics.tx_rejected.labels(reason=e.code).inc()
         return 400, {"error": e.code, "detail": e.detail}
     try:
         state = node.admit(tx)
