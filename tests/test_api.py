@@ -145,7 +145,10 @@ def test_no_input_gives_a_500(tmp_path_factory, path, x, body, ctype, query):
         await client.start_server()
         try:
             url = path.replace("{x}", x or "x") + query
-            data = msgpack.packb(body) if ctype == "application/msgpack" else json.dumps(body).encode()
+            try:
+                data = msgpack.packb(body) if ctype == "application/msgpack" else json.dumps(body).encode()
+            except OverflowError:   # msgpack cannot carry it: send truncated msgpack instead
+                data = b"\xcf\x00"
             for method in ("GET", "POST"):
                 r = await client.request(method, url, data=data, headers={"Content-Type": ctype})
                 assert r.status < 500 or r.status in (503, 504), (method, url, r.status, await r.text())
