@@ -111,8 +111,15 @@ class Node:
             return "known"
         self.metrics.tx_admitted.inc()
         self.gossip_out.append(tx.encode())
-        self.wake.set()
+        self._block_may_be_due()
         return "pending"
+
+    def _block_may_be_due(self) -> None:
+        """Wake the driver only when a leader could cut a block because of this
+        transaction: the first pending one starts the block timer, a full block is due now."""
+        pending = self.mempool.pending()
+        if pending == 1 or pending >= self.cfg.blocks.max_txs:
+            self.wake.set()
 
     def wait_commit(self, tx_id: str) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
@@ -157,7 +164,7 @@ class Node:
             return
         try:
             self.mempool.add(tx, time.monotonic())
-            self.wake.set()
+            self._block_may_be_due()
         except MempoolFull:
             self.metrics.mempool_full_drops.inc()
 
