@@ -241,7 +241,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[NODE].metrics.render(), content_type="text/plain", charset="utf-8")
+    return web.Response(body=request.app[NODE].render_metrics(), content_type="text/plain", charset="utf-8")
 
 
 async def healthz(request: web.Request) -> web.Response:

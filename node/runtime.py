@@ -98,6 +98,11 @@ class Node:
                 "head_hash": self.dd.ledger.head_hash,
                 "peers": [{"node_id": nid, "connected": up} for nid, up in sorted(self.peers.connected.items())]}
 
+    def render_metrics(self) -> bytes:
+        """The gauges are read when scraped, not kept up to date on the hot path."""
+        self.metrics.observe_raft(self.raw.raft, self.dd.ledger.height, len(self.mempool), self.peers.connected)
+        return self.metrics.render()
+
     # -- transactions in ---------------------------------------------------------------------
     def committed_record(self, tx_id: str):
         return self.dd.ledger.tx_record(tx_id)
@@ -225,7 +230,6 @@ class Node:
             if rd.committed_entries:
                 self._apply(rd)
             self.raw.advance(rd)
-        self.metrics.observe_raft(self.raw.raft, self.dd.ledger.height, len(self.mempool), self.peers.connected)
 
     def _send(self, m: Message) -> None:
         peer = self.by_raft_id.get(m.to)
