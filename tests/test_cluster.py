@@ -161,3 +161,65 @@ def test_a_listening_event_stream_does_not_hold_up_shutdown(cluster):
     assert time.monotonic() - t0 < 8
     t.join(5)
     assert got and b"event: block" in got[0]
+
+
+def test_sigstop_of_the_leader_then_sigcont(cluster):
+    import os
+    assert cluster.register(1, "before-stop")[0] == 200
+    old = cluster.leader()
+    pid = cluster.procs[old].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        new = wait_for(lambda: next((i for i in cluster.procs if i != old and cluster.status(i)["role"] == "leader"),
+                                    None), 20, "a leader among the others")
+        assert cluster.register(new, "while-frozen")[0] == 200
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # the old leader wakes up in an old term: it steps down and catches up
+    wait_for(lambda: cluster.status(old)["role"] == "follower" and cluster.converged(), 20, "the old leader to rejoin")
+    assert cluster.get(old, "/v1/customers/while-frozen")["owner"] == "org1"
+    _all_verify(cluster)
+
+
+def test_acknowledged_transactions_survive_crashes_under_load(cluster):
+    """Clients keep submitting to every node while nodes are killed and restarted; every
+    acknowledged transaction ends up committed on every node, in the same order."""
+    import random
+    import threading
+    import time
+    rng = random.Random(11)
+    acked, stop = [], threading.Event()
+
+    def client(node_hint: int) -> None:
+        k = 0
+        while not stop.is_set() and k < 400:
+            k += 1
+            i = node_hint if node_hint in cluster.procs else next(iter(cluster.procs))
+            try:
+                status, body = cluster.register(i, f"load-{node_hint}-{k}")
+            except OSError:
+                continue
+            if status == 200:
+                acked.append(body["tx_id"])
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            victim = rng.choice(sorted(cluster.procs))
+            cluster.stop(victim, signal.SIGKILL if rng.random() < 0.5 else signal.SIGTERM)
+            time.sleep(rng.uniform(0.5, 1.5))   # let the load run against two nodes
+            cluster.start(victim)
+            cluster.wait_leader()
+            time.sleep(rng.uniform(0.3, 1.0))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(40)
+    wait_for(lambda: len(cluster.procs) == 3 and cluster.converged(), 30, "convergence after the storm")
+    assert len(acked) > 20
+    for i in (1, 2, 3):
+        for tx_id in acked:
+            assert cluster.get(i, f"/v1/tx/{tx_id}")["status"] == "committed", (i, tx_id)
+    _all_verify(cluster)
