@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from consensus import (
-    ConfChangeType, Entry, EntryType, Message, MessageType as MT, NotLeader,
+    ConfChangeType, Entry, Message, MessageType as MT, NotLeader,
     ProposalDropped, Snapshot, SnapshotMeta, StateType,
 )
 from tests.sim.cluster import Cluster, Faults

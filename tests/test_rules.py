@@ -2,7 +2,6 @@
 determinism."""
 import tempfile
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from node.ledger.rules import k_customer, k_loyalty, k_ticket

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from consensus import (
     Config, ConfChange, ConfChangeType, Entry, EntryType, HardState, MemoryStorage, Message,
-    MessageType, RawNode, Ready, Snapshot, StateType, bootstrap_snapshot,
+    RawNode, Ready, StateType, bootstrap_snapshot,
 )
 from storage.raft_store import SqliteRaftStorage
 
