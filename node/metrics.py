@@ -31,10 +31,13 @@ class Metrics:
                                        buckets=(.001, .005, .01, .02, .05, .1, .5, 1))
         self.peer_frames_rejected = Counter("crmledger_peer_frames_rejected", "malformed or unexpected frames",
                                             registry=r)
+        self.peer_events = Gauge("crmledger_peer_events", "peer-link events since start: refused peers, "
+                                 "malformed frames, dropped frames, failed dials", ["event"], registry=r)
         self.mempool_full_drops = Counter("crmledger_mempool_full_drops", "gossiped transactions not kept: full",
                                           registry=r)
 
-    def observe_raft(self, raft, height: int, mempool: int, links: dict[str, bool]) -> None:
+    def observe_raft(self, raft, height: int, mempool: int, links: dict[str, bool],
+                     peer_events: dict[str, int] | None = None) -> None:
         for st in StateType:
             self.role.labels(role=st.value).set(1 if raft.state == st else 0)
         self.term.set(raft.term)
@@ -43,6 +46,8 @@ class Metrics:
         self.mempool.set(mempool)
         for peer, up in links.items():
             self.peer_up.labels(peer=peer).set(1 if up else 0)
+        for event, n in (peer_events or {}).items():
+            self.peer_events.labels(event=event).set(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

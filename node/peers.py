@@ -144,6 +144,8 @@ class PeerLinks:
     # -- receiving ------------------------------------------------------------------------
     async def start_server(self) -> None:
         host, _, port = self.me.peer_addr.rpartition(":")
+        # a certificate that no genesis node has fails the handshake itself (uvloop cannot
+        # upgrade a server stream to TLS later, so that refusal is not counted here)
         self._server = await asyncio.start_server(self._accept, host, int(port), ssl=self.server_ctx)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -100,7 +100,8 @@ class Node:
 
     def render_metrics(self) -> bytes:
         """The gauges are read when scraped, not kept up to date on the hot path."""
-        self.metrics.observe_raft(self.raw.raft, self.dd.ledger.height, len(self.mempool), self.peers.connected)
+        self.metrics.observe_raft(self.raw.raft, self.dd.ledger.height, len(self.mempool), self.peers.connected,
+                                  self.peers.counters)
         return self.metrics.render()
 
     # -- transactions in ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import msgpack
 
@@ -23,7 +23,7 @@ from node.ledger.rules import CODES, BlockOutcome, apply_block, keys_for
 from node.ledger.tx import Tx
 
 from .raft_store import write_conf_state
-from .sqlite import transaction
+from .sqlite import select_in, transaction
 from .tx_index import TxIndex, nonce_key
 
 _SCHEMA = """
@@ -36,7 +36,6 @@ CREATE TABLE IF NOT EXISTS ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 """
 POS_BITS = 20  # up to a million transactions per block
 CODE_NUM = {c: i for i, c in enumerate(CODES)}
-_CHUNK = 500
 
 
 def seq_of(height: int, pos: int) -> int:
@@ -62,7 +61,7 @@ class _BlockView:
         self.store = store
         keys = {k for tx in txs for k in keys_for(tx)}
         self.state: dict[bytes, bytes | None] = dict.fromkeys(keys)
-        self.state.update(store._select_in("SELECT k, v FROM state WHERE k IN ({})", keys))
+        self.state.update(select_in(store.conn, "SELECT k, v FROM state WHERE k IN ({})", keys))
         found = store.index.seen_nonces(sns)
         self.sns = {(tx.signer, tx.nonce) for tx, sn in zip(txs, sns) if sn in found}
 
@@ -102,12 +101,6 @@ class LedgerStore:
     @property
     def state_root(self) -> str:
         return stateroot.root_hex(self.acc)
-
-    def _select_in(self, sql: str, values: Iterable) -> Iterator[tuple]:
-        vals = list(values)
-        for i in range(0, len(vals), _CHUNK):
-            part = vals[i:i + _CHUNK]
-            yield from self.conn.execute(sql.format(",".join("?" * len(part))), part)
 
     def get_raw(self, key: bytes) -> bytes | None:
         row = self.conn.execute("SELECT v FROM state WHERE k=?", (key,)).fetchone()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+IN_CHUNK = 400  # values bound per "IN (...)" query
 
 
 class Connection(sqlite3.Connection):
@@ -50,3 +52,13 @@ def transaction(conn: sqlite3.Connection, durable: bool = False) -> Iterator[sql
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def select_in(conn: sqlite3.Connection, sql: str, values: Iterable) -> list[tuple]:
+    """Rows of `sql` (whose "IN ({})" is filled with placeholders) for all `values`,
+    queried in chunks so that no statement binds too many parameters."""
+    vals, out = list(values), []
+    for i in range(0, len(vals), IN_CHUNK):
+        part = vals[i:i + IN_CHUNK]
+        out += conn.execute(sql.format(",".join("?" * len(part))), part).fetchall()
+    return out

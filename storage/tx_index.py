@@ -21,10 +21,9 @@ from collections import defaultdict
 
 import msgpack
 
-from .sqlite import transaction
+from .sqlite import select_in, transaction
 
 NAMES = ("txid", "nonce", "subject")
-_CHUNK = 400
 
 
 def short(b: bytes) -> int:
@@ -68,24 +67,14 @@ class TxIndex:
         """Seqs filed under any of `keys`, from memory and every level."""
         mem = self.mem[name]
         seqs = [s for k in keys if k in mem for s in mem[k]]
-        vals = list(keys)
         for level, size in enumerate(self.levels, start=1):
-            if not size:
-                continue
-            table = self._table(name, level)
-            for i in range(0, len(vals), _CHUNK):
-                part = vals[i:i + _CHUNK]
-                seqs += [r[0] for r in self.conn.execute(
-                    f"SELECT seq FROM {table} WHERE k IN ({','.join('?' * len(part))})", part)]
+            if size:
+                seqs += [r[0] for r in select_in(self.conn, f"SELECT seq FROM {self._table(name, level)} "
+                                                            "WHERE k IN ({})", keys)]
         return seqs
 
     def _rows(self, column: str, seqs: list[int]) -> list[tuple[int, object]]:
-        out = []
-        for i in range(0, len(seqs), _CHUNK):
-            part = seqs[i:i + _CHUNK]
-            out += self.conn.execute(
-                f"SELECT seq, {column} FROM txs WHERE seq IN ({','.join('?' * len(part))})", part).fetchall()
-        return out
+        return select_in(self.conn, f"SELECT seq, {column} FROM txs WHERE seq IN ({{}})", seqs)
 
     # -- lookups ----------------------------------------------------------------------
     def seen_nonces(self, sns: list[bytes]) -> set[bytes]:
