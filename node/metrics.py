@@ -29,8 +29,8 @@ class Metrics:
                                        registry=r, buckets=(.0005, .001, .002, .005, .01, .02, .05, .1, .5))
         self.apply_seconds = Histogram("crmledger_block_apply_seconds", "time to apply one block", registry=r,
                                        buckets=(.001, .005, .01, .02, .05, .1, .5, 1))
-        self.peer_frames_rejected = Counter("crmledger_peer_frames_rejected", "malformed or unexpected frames",
-                                            registry=r)
+        self.peer_frames_rejected = Counter("crmledger_peer_frames_rejected",
+                                            "gossiped transactions that are malformed or badly signed", registry=r)
         self.peer_events = Gauge("crmledger_peer_events", "peer-link events since start: refused peers, "
                                  "malformed frames, dropped frames, failed dials", ["event"], registry=r)
         self.mempool_full_drops = Counter("crmledger_mempool_full_drops", "gossiped transactions not kept: full",

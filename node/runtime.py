@@ -133,27 +133,25 @@ class Node:
         return fut
 
     def _on_frame(self, peer: str, kind: str, body) -> None:
-        try:
-            if kind == "raft":
-                m = message_from_wire(body)
-                if self.by_raft_id.get(m.frm) != peer:
-                    self.metrics.peer_frames_rejected.inc()
-                    return
-                self.raft_in.append(m)
-                self.wake.set()
-            elif kind == "txs" and type(body) is list:
-                for env in body[:10_000]:
-                    self._gossiped(env)
-            elif kind == "get_blocks" and type(body) is dict:
-                self._serve_blocks(peer, body)
-            elif kind == "blocks" and type(body) is dict:
-                fut = self.block_requests.pop(body.get("id"), None)
-                if fut is not None and not fut.done() and type(body.get("blocks")) is list:
-                    fut.set_result(body["blocks"])
-            else:
-                self.metrics.peer_frames_rejected.inc()
-        except WireError:
-            self.metrics.peer_frames_rejected.inc()
+        """A frame from an authenticated peer. Raises WireError for one that breaks the
+        protocol; the link then drops it and the connection."""
+        if kind == "raft":
+            m = message_from_wire(body)
+            if self.by_raft_id.get(m.frm) != peer:
+                raise WireError(f"{peer} sent a Raft message as another node")
+            self.raft_in.append(m)
+            self.wake.set()
+        elif kind == "txs" and type(body) is list:
+            for env in body[:10_000]:
+                self._gossiped(env)
+        elif kind == "get_blocks" and type(body) is dict:
+            self._serve_blocks(peer, body)
+        elif kind == "blocks" and type(body) is dict:
+            fut = self.block_requests.pop(body.get("id"), None)
+            if fut is not None and not fut.done() and type(body.get("blocks")) is list:
+                fut.set_result(body["blocks"])
+        else:
+            raise WireError(f"a {kind!r} frame with a body of the wrong shape")
 
     def _gossiped(self, env) -> None:
         if type(env) is not bytes:
@@ -362,8 +360,7 @@ class Node:
     def _serve_blocks(self, peer: str, body: dict) -> None:
         lo, hi, rid = body.get("from"), body.get("to"), body.get("id")
         if not all(type(v) is int for v in (lo, hi, rid)) or lo < 1 or hi < lo:
-            self.metrics.peer_frames_rejected.inc()
-            return
+            raise WireError("a block request out of range")
         out, size = [], 0
         for h in range(lo, min(hi, self.dd.ledger.height, lo + 199) + 1):
             b = self.dd.ledger.block_bytes(h)

@@ -223,3 +223,29 @@ def test_acknowledged_transactions_survive_crashes_under_load(cluster):
         for tx_id in acked:
             assert cluster.get(i, f"/v1/tx/{tx_id}")["status"] == "committed", (i, tx_id)
     _all_verify(cluster)
+
+
+def test_malformed_frames_from_a_genesis_peer_are_dropped_and_counted(cluster):
+    """Even a peer with a pinned certificate is cut off for a bad frame; the node lives on."""
+    import struct
+    import urllib.request
+    from storage.datadir import genesis_of
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(str(cluster.dir / "keys" / "node1.crt"), str(cluster.dir / "keys" / "node1.pem"))
+    hello = frame("hello", {"node_id": "node1", "genesis": genesis_of(cluster.dir).hash})
+    for garbage in (struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1",       # not msgpack
+                    struct.pack(">I", 1 << 30),                          # far too large
+                    frame("raft", [1, 2, 3])):                           # not a Raft message
+        with socket.create_connection(("127.0.0.1", cluster.base + 100 + 2), timeout=5) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                tls.sendall(hello + garbage)
+                try:
+                    while tls.recv(1024):
+                        pass
+                except (ssl.SSLError, ConnectionResetError):
+                    pass
+    metrics = urllib.request.urlopen(cluster.url(2, "/metrics"), timeout=5).read().decode()
+    assert 'crmledger_peer_events{event="frames_malformed"} 3.0' in metrics
+    assert cluster.register(2, "unharmed")[0] == 200
