@@ -48,6 +48,9 @@ class NodeConfig:
     mempool: MempoolConfig = MempoolConfig()
 
 
+_MAY_BE_ZERO = {"max_wait_ms"}  # 0: cut a block as soon as the previous one is applied
+
+
 def _host_port(v: Any, where: str) -> str:
     if type(v) is not str or ":" not in v:
         raise ConfigError(f"{where}: expected \"host:port\"")
@@ -67,8 +70,9 @@ def _section(cls, raw: Any, where: str):
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     for k, v in raw.items():
-        if type(v) is not int or v <= 0:
-            raise ConfigError(f"{where}.{k}: expected a positive integer, got {v!r}")
+        if type(v) is not int or v < (0 if k in _MAY_BE_ZERO else 1):
+            kind = "a non-negative" if k in _MAY_BE_ZERO else "a positive"
+            raise ConfigError(f"{where}.{k}: expected {kind} integer, got {v!r}")
     return cls(**raw)
 
 
