@@ -174,6 +174,9 @@ class Node:
 
     # -- the driver ---------------------------------------------------------------------------
     async def drive(self) -> None:
+        snap = self.dd.raft.snapshot()
+        if self.dd.ledger.applied_index < snap.index:
+            await self._catch_up(snap)   # a snapshot was installed, its blocks not all fetched
         loop = asyncio.get_running_loop()
         tick = self.cfg.raft.tick_ms / 1000
         next_tick = loop.time() + tick
@@ -215,14 +218,14 @@ class Node:
             for m in rd.messages:
                 if not m.needs_durability:
                     self._send(m)
-            if rd.snapshot is not None:
-                # the ledger first catches up to the snapshot by fetching blocks, then the
-                # Raft log may drop what the snapshot covers
-                await self._catch_up(rd.snapshot)
             if rd.must_sync:
                 t = time.perf_counter()
                 await asyncio.to_thread(self.dd.raft.save, rd.hard_state, rd.entries, rd.snapshot)
                 self.metrics.fsync_seconds.observe(time.perf_counter() - t)
+            if rd.snapshot is not None:
+                # the snapshot is durable: now fetch the blocks it stands for (a crash
+                # before this ends is resumed by `drive` on the next start)
+                await self._catch_up(rd.snapshot)
             for m in rd.messages:
                 if m.needs_durability:
                     self._send(m)

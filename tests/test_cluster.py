@@ -249,3 +249,35 @@ def test_malformed_frames_from_a_genesis_peer_are_dropped_and_counted(cluster):
     metrics = urllib.request.urlopen(cluster.url(2, "/metrics"), timeout=5).read().decode()
     assert 'crmledger_peer_events{event="frames_malformed"} 3.0' in metrics
     assert cluster.register(2, "unharmed")[0] == 200
+
+
+def test_a_node_that_died_between_a_snapshot_and_its_blocks_resumes_on_start(tmp_path):
+    """The Raft snapshot is written before the blocks it stands for are fetched: a node
+    killed in between finds a snapshot ahead of its ledger and catches up when it starts."""
+    from consensus import HardState
+    from storage.datadir import open_data_dir
+    c = Cluster(tmp_path, tables={"raft": {"snapshot_every_blocks": 4, "keep_entries": 2}})
+    try:
+        c.start_all()
+        assert c.register(1, "first")[0] == 200
+        down = next(i for i in (1, 2, 3) if i != c.leader())
+        up = [i for i in (1, 2, 3) if i != down]
+        c.stop(down)
+        for k in range(12):
+            assert c.register(up[k % 2], f"gap-{k}")[0] == 200
+        c.stop(up[0])   # copy its snapshot into the node that is down, as if received there
+        src = open_data_dir(c.dir / f"node{up[0]}")
+        snap, hs = src.raft.snapshot(), src.raft.hard_state
+        src.close()
+        dst = open_data_dir(c.dir / f"node{down}")
+        assert dst.ledger.applied_index < snap.index
+        dst.raft.save(HardState(hs.term, 0, snap.index), (), snap)
+        dst.close()
+        c.start(up[0])
+        c.start(down)
+        wait_for(lambda: c.converged() and c.status(down)["height"] >= 13, 30, "the node to resume its catch-up")
+        assert "catching up from height" in (c.dir / f"node{down}.log").read_text()
+    finally:
+        c.stop_all()
+    for i in (1, 2, 3):
+        assert verify(c.dir / f"node{i}", workers=1).ok
