@@ -50,10 +50,6 @@ LOCAL_MESSAGES = frozenset({
     MessageType.HUP, MessageType.BEAT, MessageType.PROP, MessageType.CHECK_QUORUM,
     MessageType.UNREACHABLE, MessageType.SNAP_STATUS, MessageType.TRANSFER_LEADER,
 })
-RESPONSES = frozenset({
-    MessageType.APP_RESP, MessageType.VOTE_RESP, MessageType.PRE_VOTE_RESP,
-    MessageType.HEARTBEAT_RESP,
-})
 # Messages that may leave before the Ready that produced them is durable: they carry no
 # promise about this node's own term, vote or log (a leader may replicate to followers
 # while writing its own log; its own copy only counts once `advance` confirms it).

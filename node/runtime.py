@@ -246,13 +246,13 @@ class Node:
             # proposed again
             self.mempool.unmark_all(now)
             log_ = self.raw.raft.log
-            for idx in range(max(self.dd.ledger.applied_index + 1, log_.first_index()), log_.last_index() + 1):
-                for e in log_.slice(idx, idx + 1):
-                    if e.type == EntryType.NORMAL and e.data:
-                        try:
-                            self.mempool.mark_proposed(decode_block(e.data).tx_ids)
-                        except BlockError:
-                            pass
+            lo = max(self.dd.ledger.applied_index + 1, log_.first_index())
+            for e in log_.slice(lo, log_.last_index() + 1):
+                if e.type == EntryType.NORMAL and e.data:
+                    try:
+                        self.mempool.mark_proposed(decode_block(e.data).tx_ids)
+                    except BlockError:
+                        pass
         else:
             self.mempool.unmark_all(now)
 

@@ -24,7 +24,7 @@ import msgpack
 from node.ledger.block import BLOCK_PREFIX, Block, BlockError, BlockHeader
 from node.ledger.canonical import canonical_bytes
 from node.ledger.genesis import GenesisError
-from node.ledger.tx import TX_PREFIX, Tx, TxError, decode_tx, tx_id_of
+from node.ledger.tx import TxError, decode_tx, stored_tx
 from storage.datadir import genesis_of
 from storage.ledger_store import LedgerStore
 from storage.sqlite import connect
@@ -57,14 +57,6 @@ def _check_transactions(envs: list[bytes]) -> list[str | None]:
         else:
             out.append(None)
     return out
-
-
-def _trusted_tx(env: bytes) -> Tx:
-    """The transaction of a stored envelope that a worker has checked in full."""
-    obj = msgpack.unpackb(env, raw=False)
-    body = obj["body"]
-    sb = TX_PREFIX + msgpack.packb(body, use_bin_type=True)
-    return Tx(body, bytes.fromhex(obj["sig"]), sb, tx_id_of(sb))
 
 
 class _Fail(Exception):
@@ -141,7 +133,7 @@ def _check_one(replay: LedgerStore, height: int, hash_: bytes, header_bytes: byt
     for pos, ((stored_id, _, env), err) in enumerate(zip(body, sig_errors)):
         if err:
             raise _Fail(height, f"transaction {pos} ({stored_id[:16]}…): {err}")
-        tx = _trusted_tx(env)
+        tx = stored_tx(env)  # a worker has checked it in full
         if tx.tx_id != stored_id:
             raise _Fail(height, f"transaction {pos}: stored tx_id does not match its body")
         parsed.append(tx)

@@ -145,12 +145,9 @@ class LedgerStore:
 
     def history(self, subject: str, limit: int = 1000, after_seq: int = -1) -> list[tuple[int, int, str, str, bytes]]:
         """(height, pos, tx_id, code, envelope) touching a customer, oldest first."""
-        out = []
-        for seq in self.index.subject_seqs(subject, after_seq, limit):
-            row = self.conn.execute("SELECT tx_id, code, env, subject FROM txs WHERE seq=?", (seq,)).fetchone()
-            if row[3] == subject:
-                out.append((seq >> POS_BITS, seq & ((1 << POS_BITS) - 1), row[0].hex(), CODES[row[1]], row[2]))
-        return out
+        seqs = self.index.subject_seqs(subject, after_seq, limit)   # confirmed against the rows
+        rows = sorted(select_in(self.conn, "SELECT seq, tx_id, code, env FROM txs WHERE seq IN ({})", seqs))
+        return [(s >> POS_BITS, s & ((1 << POS_BITS) - 1), t.hex(), CODES[c], e) for s, t, c, e in rows]
 
     def iter_blocks(self, start: int = 1) -> Iterator[tuple[int, bytes, bytes, bytes]]:
         """(height, stored hash, header bytes, sig) in height order, streaming."""

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import msgpack
 
-from .canonical import EncodingError, canonical_bytes
+from .canonical import canonical_bytes
 from .genesis import Genesis
 from .keys import SigningKey, verify
 from .merkle import merkle_root
+from .tx import stored_tx
 
 BLOCK_PREFIX = b"crmledger/block/v1\n"
 MAX_BLOCK_BYTES = 64 << 20
@@ -72,13 +73,6 @@ class Block:
         return self.header.hash()
 
 
-def tx_id_of_stored(stored: bytes) -> str:
-    """tx_id from a stored envelope without a full parse: the stored form is the
-    canonical envelope {body, sig}, whose body is canonical too."""
-    env = msgpack.unpackb(stored, raw=False)
-    return hashlib.sha256(b"crmledger/tx/v1\n" + msgpack.packb(env["body"], use_bin_type=True)).hexdigest()
-
-
 def decode_block(data: bytes) -> Block:
     try:
         if len(data) > MAX_BLOCK_BYTES:
@@ -93,7 +87,7 @@ def decode_block(data: bytes) -> Block:
     if not all(type(t) is bytes for t in txs):
         raise BlockError("block transactions must be binary")
     try:
-        ids = tuple(tx_id_of_stored(t) for t in txs)
+        ids = tuple(stored_tx(t).tx_id for t in txs)
     except Exception as e:
         raise BlockError(f"a transaction of the block is not readable: {e}") from None
     return Block(header, obj[1], txs, ids)
@@ -125,9 +119,3 @@ def check_block(block: Block, genesis: Genesis, *, prev_hash: str, height: int, 
         return "proposer signature does not verify"
     return None
 
-
-def stored_bytes_ok(stored: bytes) -> bool:
-    try:
-        return canonical_bytes(msgpack.unpackb(stored, raw=False)) == stored
-    except (EncodingError, ValueError, TypeError, msgpack.ExtraData):
-        return False

@@ -40,12 +40,6 @@ class Genesis:
     hash: str
     raw: Mapping[str, Any]
 
-    def node_by_raft_id(self, raft_id: int) -> NodeInfo | None:
-        for n in self.nodes.values():
-            if n.raft_id == raft_id:
-                return n
-        return None
-
     def genesis_role(self, pubkey: str, org: str) -> str | None:
         return "admin" if pubkey in self.orgs.get(org, ()) else None
 
