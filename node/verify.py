@@ -94,12 +94,12 @@ def verify(data_dir: str | Path, workers: int | None = None, progress=None) -> R
                     height, hash_, header_bytes, sig = row
                     body = stored.block_txs(height)
                     envs = [e for _, _, e in body]
-                    pending.append((height, hash_, header_bytes, sig, body,
+                    pending.append((height, hash_, header_bytes, sig, body, stored.index_columns(height),
                                     pool.submit(_check_transactions, envs)))
                 if not pending:
                     break
-                height, hash_, header_bytes, sig, body, fut = pending.popleft()
-                _check_one(replay, height, hash_, header_bytes, sig, body, fut.result())
+                height, hash_, header_bytes, sig, body, index_cols, fut = pending.popleft()
+                _check_one(replay, height, hash_, header_bytes, sig, body, index_cols, fut.result())
                 blocks += 1
                 txs += len(body)
                 if progress and (time.monotonic() - last_report > 2 or height == total):
@@ -117,7 +117,8 @@ def verify(data_dir: str | Path, workers: int | None = None, progress=None) -> R
 
 
 def _check_one(replay: LedgerStore, height: int, hash_: bytes, header_bytes: bytes, sig: bytes,
-               body: list[tuple[str, str, bytes]], sig_errors: list[str | None]) -> None:
+               body: list[tuple[str, str, bytes]], stored_index: tuple[bytes, bytes] | None,
+               sig_errors: list[str | None]) -> None:
     if height != replay.height + 1:
         raise _Fail(replay.height + 1, f"block {replay.height + 1} is missing")
     try:
@@ -144,6 +145,8 @@ def _check_one(replay: LedgerStore, height: int, hash_: bytes, header_bytes: byt
     for pos, ((_, code, _), r) in enumerate(zip(body, out.results)):
         if code != r.code:
             raise _Fail(height, f"transaction {pos}: stored result {code!r}, replay gives {r.code!r}")
+    if stored_index != replay.index_columns(height):
+        raise _Fail(height, "the stored nonce keys or customers of its transactions differ from the replay")
 
 
 def _check_final(stored: LedgerStore, replay: LedgerStore) -> None:

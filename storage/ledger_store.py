@@ -1,15 +1,24 @@
 """Blocks, the transaction index and the world state on SQLite.
 
+A block is stored as one row, as Fabric keeps its block files: the header, the
+proposer's signature, the envelopes end to end with their end offsets, and columns of
+fixed-width per-transaction fields (tx_ids, nonce keys, result codes) plus the list of
+customers each transaction touches. A transaction is found by (height, position) through
+the index in `tx_index`, and read back by slicing those columns.
+
 `apply_block` runs the ledger rules over a view of the state fetched for the whole block
-in a few queries, then writes the block, each transaction with its result, the changed
-state keys, the new state accumulator and the applied Raft index in one transaction: a
-crash leaves all of a block or none of it. Nothing here holds more than one block in
-memory, so memory does not grow with the chain.
+(from a bounded cache of recently used keys, then in a few queries), then writes the
+block, the changed state keys, the new state accumulator and the applied Raft index in one
+transaction: a crash leaves all of a block or none of it. Nothing here holds more than
+one block and the bounded caches in memory, so memory does not grow with the chain.
 """
 from __future__ import annotations
 
 import sqlite3
+import struct
+from collections import defaultdict
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Iterator
 
 import msgpack
@@ -22,26 +31,36 @@ from node.ledger.genesis import Genesis
 from node.ledger.rules import CODES, BlockOutcome, apply_block, keys_for
 from node.ledger.tx import Tx
 
+from .cache import RecentCache
 from .raft_store import write_conf_state
 from .sqlite import select_in, transaction
 from .tx_index import TxIndex, nonce_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NULL,
-    header BLOB NOT NULL, sig BLOB NOT NULL, ntx INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS txs (seq INTEGER PRIMARY KEY, tx_id BLOB NOT NULL, sn BLOB NOT NULL,
-    code INTEGER NOT NULL, subject TEXT, env BLOB NOT NULL);
+    header BLOB NOT NULL, sig BLOB NOT NULL, ntx INTEGER NOT NULL,
+    ids BLOB NOT NULL, sns BLOB NOT NULL, codes BLOB NOT NULL, subjects BLOB NOT NULL,
+    ends BLOB NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS state (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 """
 POS_BITS = 20  # up to a million transactions per block
+POS_MASK = (1 << POS_BITS) - 1
 CODE_NUM = {c: i for i, c in enumerate(CODES)}
+# per-transaction columns of a block row: name -> (column, width in bytes; None: msgpack list)
+_FIELDS = {"tx_id": ("ids", 32), "sn": ("sns", 16), "code": ("codes", 1), "subject": ("subjects", None)}
 
 
 def seq_of(height: int, pos: int) -> int:
     return (height << POS_BITS) | pos
 
 
+def _cut(blob: bytes, width: int) -> list[bytes]:
+    return [blob[i:i + width] for i in range(0, len(blob), width)]
+
+
+def _end(ends: bytes, pos: int) -> int:
+    return struct.unpack_from(">I", ends, 4 * pos)[0] if pos >= 0 else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +72,30 @@ class TxRecord:
 
 
 class _BlockView:
-    """What the rules read while one block is applied, fetched for the whole block in a
-    few queries (then per key, for anything not foreseen)."""
-    __slots__ = ("store", "state", "sns")
+    """What the rules read while one block is applied, fetched for the whole block: from
+    the store's cache of recent keys, then in a few queries (then per key, for anything
+    not foreseen). `hashes` holds the state-root entry of each cached value it knows."""
+    __slots__ = ("store", "state", "hashes", "sns")
 
     def __init__(self, store: "LedgerStore", txs: list[Tx], sns: list[bytes]) -> None:
         self.store = store
-        keys = {k for tx in txs for k in keys_for(tx)}
-        self.state: dict[bytes, bytes | None] = dict.fromkeys(keys)
-        self.state.update(select_in(store.conn, "SELECT k, v FROM state WHERE k IN ({})", keys))
+        cache = store.cache
+        self.state: dict[bytes, bytes | None] = {}
+        self.hashes: dict[bytes, int] = {}
+        missing = []
+        for k in {k for tx in txs for k in keys_for(tx)}:
+            hit = cache.get(k)
+            if hit is None:
+                missing.append(k)
+                continue
+            self.state[k] = hit[0]
+            if hit[1] is not None:
+                self.hashes[k] = hit[1]
+        if missing:
+            fetched = dict.fromkeys(missing)
+            fetched.update(select_in(store.conn, "SELECT k, v FROM state WHERE k IN ({})", missing))
+            self.state.update(fetched)
+            cache.put_all((k, (v, None)) for k, v in fetched.items())
         found = store.index.seen_nonces(sns)
         self.sns = {(tx.signer, tx.nonce) for tx, sn in zip(txs, sns) if sn in found}
 
@@ -76,12 +110,14 @@ class _BlockView:
 
 class LedgerStore:
     def __init__(self, conn: sqlite3.Connection, genesis: Genesis, readonly: bool = False,
-                 keep_bodies: bool = True) -> None:
-        """`keep_bodies=False` stores transactions without their envelopes: a replay
-        that only checks results and state needs no more."""
+                 keep_bodies: bool = True, cache_keys: int = 20_000) -> None:
+        """`keep_bodies=False` stores blocks without their envelopes: a replay that only
+        checks results and state needs no more. `cache_keys` bounds the cache of recently
+        used state keys (with their state-root entries, about 1 KB each)."""
         self.conn = conn
         self.genesis = genesis
         self.keep_bodies = keep_bodies
+        self.cache = RecentCache(cache_keys)
         if not readonly:
             conn.executescript(_SCHEMA)
         meta = dict(conn.execute("SELECT k, v FROM ledger_meta"))
@@ -95,7 +131,11 @@ class LedgerStore:
         self.head_hash = meta.get("head", genesis.hash.encode()).decode()
         self.acc = int.from_bytes(meta["acc"], "big") if "acc" in meta else stateroot.EMPTY
         self.applied_index = int(meta.get("applied", b"0"))
-        self.index = TxIndex(conn)
+        self.index = TxIndex(conn, self._fetch)
+        for height, ids, sns, subjects in conn.execute(
+                "SELECT height, ids, sns, subjects FROM blocks WHERE height > ? ORDER BY height",
+                (self.index.merged >> POS_BITS,)):
+            self.index.remember(seq_of(height, 0), _cut(ids, 32), _cut(sns, 16), msgpack.unpackb(subjects))
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -115,12 +155,25 @@ class LedgerStore:
         for k, v in self.conn.execute("SELECT k, v FROM state WHERE k >= ? AND k < ? ORDER BY k", (prefix, hi)):
             yield k, msgpack.unpackb(v, raw=False)
 
+    def _fetch(self, field: str, seqs: list[int]) -> list[tuple[int, object]]:
+        """(seq, value of `field`) for each seq that names a stored transaction."""
+        column, width = _FIELDS[field]
+        by_height: dict[int, list[int]] = defaultdict(list)
+        for s in seqs:
+            by_height[s >> POS_BITS].append(s)
+        out: list[tuple[int, object]] = []
+        for height, blob in select_in(self.conn, f"SELECT height, {column} FROM blocks WHERE height IN ({{}})",
+                                      by_height):
+            vals = msgpack.unpackb(blob, raw=False) if width is None else _cut(blob, width)
+            out += [(s, vals[s & POS_MASK]) for s in by_height[height] if (s & POS_MASK) < len(vals)]
+        return out
+
     def tx_record(self, tx_id: str) -> TxRecord | None:
         seq = self.index.seq_of(bytes.fromhex(tx_id))
         if seq is None:
             return None
-        code = self.conn.execute("SELECT code FROM txs WHERE seq=?", (seq,)).fetchone()[0]
-        return TxRecord(tx_id, seq >> POS_BITS, seq & ((1 << POS_BITS) - 1), CODES[code])
+        (_, code), = self._fetch("code", [seq])
+        return TxRecord(tx_id, seq >> POS_BITS, seq & POS_MASK, CODES[code[0]])
 
     def block_header(self, height: int) -> tuple[BlockHeader, bytes, str] | None:
         row = self.conn.execute("SELECT header, sig, hash FROM blocks WHERE height=?", (height,)).fetchone()
@@ -139,15 +192,36 @@ class LedgerStore:
 
     def block_txs(self, height: int) -> list[tuple[str, str, bytes]]:
         """(tx_id, code, stored envelope) of each transaction of a block, in order."""
-        rows = self.conn.execute("SELECT tx_id, code, env FROM txs WHERE seq >= ? AND seq < ? ORDER BY seq",
-                                 (seq_of(height, 0), seq_of(height + 1, 0)))
-        return [(r[0].hex(), CODES[r[1]], r[2]) for r in rows]
+        row = self.conn.execute("SELECT ids, codes, ends, body FROM blocks WHERE height=?", (height,)).fetchone()
+        if row is None:
+            return []
+        ids, codes, ends, body = row
+        offsets = [0, *struct.unpack(f">{len(ends) // 4}I", ends)]
+        envs = [body[a:b] for a, b in zip(offsets, offsets[1:])] or [b""] * len(codes)
+        return [(i.hex(), CODES[c], e) for i, c, e in zip(_cut(ids, 32), codes, envs)]
+
+    def index_columns(self, height: int) -> tuple[bytes, bytes] | None:
+        """The nonce keys and customers of a block's transactions as stored, from which
+        the index is built."""
+        return self.conn.execute("SELECT sns, subjects FROM blocks WHERE height=?", (height,)).fetchone()
 
     def history(self, subject: str, limit: int = 1000, after_seq: int = -1) -> list[tuple[int, int, str, str, bytes]]:
         """(height, pos, tx_id, code, envelope) touching a customer, oldest first."""
-        seqs = self.index.subject_seqs(subject, after_seq, limit)   # confirmed against the rows
-        rows = sorted(select_in(self.conn, "SELECT seq, tx_id, code, env FROM txs WHERE seq IN ({})", seqs))
-        return [(s >> POS_BITS, s & ((1 << POS_BITS) - 1), t.hex(), CODES[c], e) for s, t, c, e in rows]
+        seqs = self.index.subject_seqs(subject, after_seq, limit)   # confirmed against the blocks
+        by_height: dict[int, list[int]] = defaultdict(list)
+        for s in seqs:
+            by_height[s >> POS_BITS].append(s)
+        out = []
+        for height, ids, codes, ends in select_in(
+                self.conn, "SELECT height, ids, codes, ends FROM blocks WHERE height IN ({})", by_height):
+            with self.conn.blobopen("blocks", "body", height, readonly=True) as body:
+                for s in by_height[height]:
+                    pos = s & POS_MASK
+                    start, end = _end(ends, pos - 1), _end(ends, pos)
+                    body.seek(start)
+                    out.append((height, pos, ids[32 * pos:32 * pos + 32].hex(), CODES[codes[pos]],
+                                body.read(end - start)))
+        return sorted(out)
 
     def iter_blocks(self, start: int = 1) -> Iterator[tuple[int, bytes, bytes, bytes]]:
         """(height, stored hash, header bytes, sig) in height order, streaming."""
@@ -176,19 +250,20 @@ class LedgerStore:
         h = block.header
         ids = [bytes.fromhex(tx.tx_id) for tx in txs]
         sns = [nonce_key(tx.signer, tx.nonce) for tx in txs]
-        outcome = apply_block(self.genesis, _BlockView(self, txs, sns), txs,
-                              height=h.height, timestamp=h.timestamp)
-        acc = stateroot.update(self.acc, outcome.changes)
+        view = _BlockView(self, txs, sns)
+        outcome = apply_block(self.genesis, view, txs, height=h.height, timestamp=h.timestamp)
+        new_hashes: dict[bytes, int] = {}
+        acc = stateroot.update(self.acc, outcome.changes, view.hashes, new_hashes)
         head = h.hash()
-        base = seq_of(h.height, 0)
-        bodies = block.txs if self.keep_bodies else [b""] * len(txs)
-        rows = [(base + i, ids[i], sns[i], CODE_NUM[r.code], r.subject, stored)
-                for i, (r, stored) in enumerate(zip(outcome.results, bodies))]
+        subjects = [r.subject for r in outcome.results]
+        bodies = block.txs if self.keep_bodies else ()
         with transaction(self.conn) as c:
-            c.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?)",
-                      (h.height, bytes.fromhex(head), canonical_bytes(h.to_map()), block.sig, len(txs)))
-            c.executemany("INSERT INTO txs VALUES (?, ?, ?, ?, ?, ?)", rows)
-            c.executemany("INSERT OR REPLACE INTO state VALUES (?, ?)",
+            c.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
+                h.height, bytes.fromhex(head), canonical_bytes(h.to_map()), block.sig, len(txs),
+                b"".join(ids), b"".join(sns), bytes([CODE_NUM[r.code] for r in outcome.results]),
+                msgpack.packb(subjects), struct.pack(f">{len(bodies)}I", *accumulate(map(len, bodies))),
+                b"".join(bodies)))
+            c.executemany("INSERT INTO state VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
                           [(k, new) for k, _, new in outcome.changes if new is not None])
             c.executemany("DELETE FROM state WHERE k=?",
                           [(k,) for k, _, new in outcome.changes if new is None])
@@ -196,7 +271,8 @@ class LedgerStore:
             if conf_state is not None:
                 write_conf_state(c, conf_state, raft_index)
         self.height, self.head_hash, self.acc, self.applied_index = h.height, head, acc, raft_index
-        self.index.note_block([(r[0], r[1], r[2], r[4]) for r in rows])
+        self.cache.put_all((k, (new, new_hashes.get(k))) for k, _, new in outcome.changes)
+        self.index.note_block(seq_of(h.height, 0), ids, sns, subjects)
         return outcome
 
     def mark_applied(self, raft_index: int, conf_state: ConfState | None = None) -> None:

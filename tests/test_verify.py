@@ -58,7 +58,9 @@ def test_cli_exit_codes(honest, tmp_path):
     ok = subprocess.run(cmd + [str(honest)], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.startswith("ok: 13 blocks")
     bad = _copy(honest, tmp_path)
-    _sql(bad, "UPDATE txs SET code = 0 WHERE code != 0 AND seq >> 20 = 2")
+    codes = _column(bad, 2, "codes")
+    pos = next(i for i, c in enumerate(codes) if c != 0)
+    _sql(bad, "UPDATE blocks SET codes=? WHERE height=2", codes[:pos] + b"\x00" + codes[pos + 1:])
     out = subprocess.run(cmd + [str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1 and "block 2" in out.stdout and "result" in out.stdout
     missing = subprocess.run(cmd + [str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True)
@@ -83,20 +85,29 @@ TAMPERS = {
     "header and hash rewritten": (lambda p: _rewrite_header(p, 5), 5, "signature"),
     "proposer signature": (lambda p: _sql(p, "UPDATE blocks SET sig=? WHERE height=7", b"\x00" * 64),
                            7, "signature"),
-    "transaction byte": (lambda p: _sql(p, "UPDATE txs SET env=? WHERE seq=?",
-                                        _flip(_env(p, (6 << 20) + 3), 60), (6 << 20) + 3), 6, "transaction 3"),
-    "stored result": (lambda p: _sql(p, "UPDATE txs SET code=0 WHERE seq=?", (9 << 20) + 11), 9, "result"),
+    "transaction byte": (lambda p: _sql(p, "UPDATE blocks SET body=? WHERE height=6",
+                                        _flip(_column(p, 6, "body"), _env_start(p, 6, 3) + 60)), 6, "transaction 3"),
+    "stored result": (lambda p: _sql(p, "UPDATE blocks SET codes=? WHERE height=9",
+                                     _column(p, 9, "codes")[:11] + b"\x00" + _column(p, 9, "codes")[12:]),
+                      9, "result"),
+    "index column": (lambda p: _sql(p, "UPDATE blocks SET sns=? WHERE height=4", _flip(_column(p, 4, "sns"), 20)),
+                     4, "nonce keys"),
     "missing block": (lambda p: _sql(p, "DELETE FROM blocks WHERE height=8"), 8, "missing"),
     "state row": (lambda p: _sql(p, "UPDATE state SET v=? WHERE k=?", msgpack.packb({"balance": 10 ** 6, "org": "org1"}),
                                  b"lo/c\x00p"), None, "state"),
 }
 
 
-def _env(p, seq):
+def _column(p, height, column):
     c = sqlite3.connect(p / "ledger.db")
-    v = c.execute("SELECT env FROM txs WHERE seq=?", (seq,)).fetchone()[0]
+    v = c.execute(f"SELECT {column} FROM blocks WHERE height=?", (height,)).fetchone()[0]
     c.close()
     return v
+
+
+def _env_start(p, height, pos):
+    """Where transaction `pos` of a block starts in its stored body (the end of the one before)."""
+    return int.from_bytes(_column(p, height, "ends")[4 * (pos - 1):4 * pos], "big") if pos else 0
 
 
 def _rewrite_header(p, h):

@@ -56,10 +56,13 @@ def canonical_bytes(value: Any) -> bytes:
 def _sort_maps(value: Any) -> Any:
     t = type(value)
     if t is dict:
-        return {k: _sort_maps(value[k]) for k in sorted(value)}
+        return {k: v if type(v) not in _NESTED else _sort_maps(v) for k, v in sorted(value.items())}
     if t is list:
-        return [_sort_maps(v) for v in value]
+        return [v if type(v) not in _NESTED else _sort_maps(v) for v in value]
     return value
+
+
+_NESTED = (dict, list)
 
 
 def trusted_canonical_bytes(value: Any) -> bytes:

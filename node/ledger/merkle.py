@@ -25,9 +25,9 @@ def _split(n: int) -> int:
 
 def _root(leaves: list[bytes]) -> bytes:
     # bottom-up, equivalent to the recursive split: pair neighbours, carry a lone one up
-    level = leaves
+    level, sha = leaves, hashlib.sha256
     while len(level) > 1:
-        nxt = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        nxt = [sha(b"\x01" + a + b).digest() for a, b in zip(level[::2], level[1::2])]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
@@ -37,7 +37,8 @@ def _root(leaves: list[bytes]) -> bytes:
 def merkle_root(tx_ids: list[str]) -> str:
     if not tx_ids:
         return EMPTY_ROOT
-    return _root([_leaf(bytes.fromhex(t)) for t in tx_ids]).hex()
+    sha = hashlib.sha256
+    return _root([sha(b"\x00" + bytes.fromhex(t)).digest() for t in tx_ids]).hex()
 
 
 def _path(leaves: list[bytes], i: int) -> list[bytes]:

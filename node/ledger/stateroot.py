@@ -24,15 +24,22 @@ def entry_hash(key: bytes, value: bytes) -> int:
     return int.from_bytes(h, "big")
 
 
-def update(acc: int, changes: Iterable[tuple[bytes, bytes | None, bytes | None]]) -> int:
-    """`acc` after changing each key from `old` to `new` (None: absent)."""
+def update(acc: int, changes: Iterable[tuple[bytes, bytes | None, bytes | None]],
+           known: dict[bytes, int] | None = None, added: dict[bytes, int] | None = None) -> int:
+    """`acc` after changing each key from `old` to `new` (None: absent). `known` may hold
+    the entry of a key's old value, computed when it was added; the entries added are
+    put in `added`."""
     for key, old, new in changes:
         if old == new:
             continue
         if old is not None:
-            acc -= entry_hash(key, old)
+            h = known.get(key) if known else None
+            acc -= entry_hash(key, old) if h is None else h
         if new is not None:
-            acc += entry_hash(key, new)
+            h = entry_hash(key, new)
+            if added is not None:
+                added[key] = h
+            acc += h
     return acc & MASK
 
 

@@ -1,0 +1,85 @@
+"""The transaction index (an LSM tree of SQLite tables with a Bloom filter over nonce
+keys): every lookup agrees with a plain dictionary through merges into deeper levels,
+growth of the filter and a reopen that rebuilds the in-memory part."""
+import hashlib
+import random
+
+from hypothesis import given, settings, strategies as st
+
+from storage.bloom import Bloom
+from storage.sqlite import connect
+from storage.tx_index import TxIndex
+
+
+@given(st.lists(st.integers(min_value=-2 ** 63, max_value=2 ** 63 - 1), max_size=300, unique=True))
+@settings(max_examples=50, deadline=None)
+def test_bloom_has_no_false_negatives_and_round_trips(keys):
+    b = Bloom.sized(len(keys))
+    b.add_all(keys)
+    assert all(b.might_contain(k) for k in keys)
+    again = Bloom.from_bytes(b.to_bytes())
+    assert again.count == len(keys) and all(again.might_contain(k) for k in keys)
+
+
+def test_bloom_false_positive_rate_at_capacity():
+    rng = random.Random(5)
+    b = Bloom.sized(0)
+    b.add_all(rng.getrandbits(64) - 2 ** 63 for _ in range(b.capacity))
+    absent = [rng.getrandbits(64) - 2 ** 63 for _ in range(20_000)]
+    assert sum(map(b.might_contain, absent)) / len(absent) < 0.03
+
+
+class _Blocks:
+    """What the ledger stores per transaction, by seq, for the index to confirm hits."""
+    def __init__(self):
+        self.rows: dict[int, dict] = {}
+
+    def fetch(self, field, seqs):
+        return [(s, self.rows[s][field]) for s in seqs if s in self.rows]
+
+
+def _block(rng, height, n):
+    base = height << 20
+    ids = [hashlib.sha256(rng.randbytes(8)).digest() for _ in range(n)]
+    sns = [hashlib.sha256(rng.randbytes(8)).digest()[:16] for _ in range(n)]
+    subjects = [rng.choice([None, f"c{rng.randrange(30)}"]) for _ in range(n)]
+    return base, ids, sns, subjects
+
+
+def test_lookups_agree_with_a_dictionary_across_merges_and_reopen(tmp_path, monkeypatch):
+    monkeypatch.setattr("storage.bloom.MIN_BITS", 64)   # so that the filter has to grow, and is rebuilt
+    rng = random.Random(11)
+    conn = connect(tmp_path / "i.db")
+    conn.execute("CREATE TABLE ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
+    blocks, stored = _Blocks(), []
+    idx = TxIndex(conn, blocks.fetch, merge_at=60, ratio=2)
+    seen_sn: set[bytes] = set()
+    by_id: dict[bytes, int] = {}
+    by_subject: dict[str, list[int]] = {}
+    for height in range(1, 121):
+        base, ids, sns, subjects = _block(rng, height, rng.randrange(1, 12))
+        # nonces seen before (some of them) and new ones: exactly the seen ones are found
+        probe = rng.sample(sorted(seen_sn), min(3, len(seen_sn))) + sns
+        assert idx.seen_nonces(probe) == set(probe) & seen_sn
+        for i, (t, s, c) in enumerate(zip(ids, sns, subjects)):
+            blocks.rows[base + i] = {"tx_id": t, "sn": s, "subject": c}
+            by_id.setdefault(t, base + i)
+            by_subject.setdefault(c, []).append(base + i)
+        idx.note_block(base, ids, sns, subjects)
+        stored.append((base, ids, sns, subjects))
+        seen_sn.update(sns)
+        if height % 30 == 0:   # reopen: levels and filter from the file, the rest from the blocks
+            idx = TxIndex(conn, blocks.fetch, merge_at=60, ratio=2)
+            for b, i, s, c in stored:
+                if b > idx.merged:
+                    idx.remember(b, i, s, c)
+    assert len(idx.levels) >= 3 and idx.bloom.capacity >= idx.bloom.count > 100
+    for t, seq in rng.sample(sorted(by_id.items()), 50):
+        assert idx.seq_of(t) == seq
+    assert idx.seq_of(hashlib.sha256(b"never").digest()) is None
+    for c in ("c1", "c7", "c29"):
+        want = by_subject.get(c, [])
+        assert idx.subject_seqs(c, -1, 10_000) == want
+        assert idx.subject_seqs(c, want[2], 3) == want[3:6]
+    assert idx.seen_nonces([hashlib.sha256(b"x").digest()[:16]]) == set()
+    conn.close()
