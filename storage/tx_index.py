@@ -4,8 +4,8 @@ Each lookup is a set of (key, seq) pairs, the key being the first 8 bytes of a h
 keys land at random places. Inserting a block's worth of random keys into B-trees of
 millions would dirty a page per key on every commit (even in a small table: a block's
 commit would write out most of its pages). So this is a small log-structured merge tree:
-the keys of recent blocks are held in memory (at most `merge_at` entries), then merged
-into level 1; a level that outgrows `ratio` times the one before is merged
+the keys of recent blocks are held in memory (at most `merge_at` entries), then merged in
+sorted order into level 1; a level that outgrows `ratio` times the one before is merged
 into the next. A merge touches each page of the target table at most once, so the cost
 per key stays small as the chain grows, and every level is a plain SQLite table.
 
@@ -132,9 +132,7 @@ class TxIndex:
         new_nonces = list(self.mem["nonce"])
         with transaction(self.conn) as c:
             for name in NAMES:
-                # unsorted: level 1 is small enough to stay in the page cache, where SQLite
-                # places keys faster than Python sorts them
-                rows = chain(self.mem[name].items(), ((k, s) for k, seqs in self.extra[name].items() for s in seqs))
+                rows = sorted(chain(self.mem[name].items(), ((k, s) for k, seqs in self.extra[name].items() for s in seqs)))
                 c.execute(f"CREATE TABLE IF NOT EXISTS {self._table(name, 1)} "
                           "(k INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (k, seq)) WITHOUT ROWID")
                 c.executemany(f"INSERT OR IGNORE INTO {self._table(name, 1)} VALUES (?, ?)", rows)
