@@ -1,12 +1,16 @@
 """A Bloom filter over 64-bit keys that are already hashes (the index keys): three probes
 by double hashing (Kirsch and Mitzenmacher) into a power-of-two bit array. No false
-negatives; at 10 to 32 bits per key, false positives for 1.7% to 0.1% of absent keys."""
+negatives; at 10 to 32 bits per key, false positives for 1.7% to 0.1% of absent keys.
+Its size is capped at `MAX_BITS` (16 MB), so memory stays bounded however long the
+chain: beyond about 13 million keys the false positives grow, and each one costs only
+the read the filter would have saved."""
 from __future__ import annotations
 
 from typing import Iterable
 
 _M64 = (1 << 64) - 1
 MIN_BITS = 1 << 16
+MAX_BITS = 1 << 27
 
 
 class Bloom:
@@ -20,16 +24,18 @@ class Bloom:
 
     @classmethod
     def sized(cls, n: int) -> "Bloom":
-        """Empty, for about `n` keys at 16 or more bits each."""
+        """Empty, for about `n` keys at 16 or more bits each (at most MAX_BITS)."""
         nbits = MIN_BITS
-        while nbits < 16 * n:
+        while nbits < 16 * n and nbits < MAX_BITS:
             nbits <<= 1
         return cls(bytearray(nbits // 8), 0)
 
     @property
     def capacity(self) -> int:
-        """Keys it holds at 10 bits each or more; grow it beyond that."""
-        return (self.mask + 1) // 10
+        """Keys it holds at 10 bits each or more; grow it beyond that (a filter at
+        MAX_BITS does not grow)."""
+        nbits = self.mask + 1
+        return nbits // 10 if nbits < MAX_BITS else 1 << 62
 
     def might_contain(self, key: int) -> bool:
         u, m, b = key & _M64, self.mask, self.bits

@@ -155,7 +155,7 @@ class TxIndex:
                 bloom = bloom.copy()
                 bloom.add_all(new_nonces)
             else:   # grown: rebuilt from every level
-                bloom = Bloom.sized(4 * (bloom.count + len(new_nonces)))
+                bloom = Bloom.sized(2 * (bloom.count + len(new_nonces)))
                 for level, size in enumerate(levels, start=1):
                     if size:
                         bloom.add_all(k for (k,) in c.execute(f"SELECT k FROM {self._table('nonce', level)}"))

@@ -4,6 +4,7 @@ growth of the filter and a reopen that rebuilds the in-memory part."""
 import hashlib
 import random
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from storage.bloom import Bloom
@@ -46,8 +47,12 @@ def _block(rng, height, n):
     return base, ids, sns, subjects
 
 
-def test_lookups_agree_with_a_dictionary_across_merges_and_reopen(tmp_path, monkeypatch):
-    monkeypatch.setattr("storage.bloom.MIN_BITS", 64)   # so that the filter has to grow, and is rebuilt
+@pytest.mark.parametrize("max_bits", [1 << 27, 256], ids=["growing-filter", "capped-filter"])
+def test_lookups_agree_with_a_dictionary_across_merges_and_reopen(tmp_path, monkeypatch, max_bits):
+    # a small filter has to grow, and is rebuilt; a capped one stops growing and lets more
+    # absent keys through to the levels, which must still answer exactly
+    monkeypatch.setattr("storage.bloom.MIN_BITS", 64)
+    monkeypatch.setattr("storage.bloom.MAX_BITS", max_bits)
     rng = random.Random(11)
     conn = connect(tmp_path / "i.db")
     conn.execute("CREATE TABLE ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
@@ -74,6 +79,7 @@ def test_lookups_agree_with_a_dictionary_across_merges_and_reopen(tmp_path, monk
                 if b > idx.merged:
                     idx.remember(b, i, s, c)
     assert len(idx.levels) >= 3 and idx.bloom.capacity >= idx.bloom.count > 100
+    assert len(idx.bloom.bits) * 8 <= max_bits
     for t, seq in rng.sample(sorted(by_id.items()), 50):
         assert idx.seq_of(t) == seq
     assert idx.seq_of(hashlib.sha256(b"never").digest()) is None
