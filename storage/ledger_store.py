@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS state (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 """
+FORMAT = b"2"   # 2: a block is one row (1: a row per transaction)
 POS_BITS = 20  # up to a million transactions per block
 POS_MASK = (1 << POS_BITS) - 1
 CODE_NUM = {c: i for i, c in enumerate(CODES)}
@@ -124,9 +125,13 @@ class LedgerStore:
         stored_genesis = meta.get("genesis")
         if stored_genesis is None and not readonly:
             with transaction(conn, durable=True) as c:
-                c.execute("INSERT INTO ledger_meta VALUES ('genesis', ?)", (genesis.hash.encode(),))
+                c.executemany("INSERT INTO ledger_meta VALUES (?, ?)",
+                              [("genesis", genesis.hash.encode()), ("format", FORMAT)])
         elif stored_genesis is not None and stored_genesis.decode() != genesis.hash:
             raise ValueError("this data directory belongs to a chain with another genesis")
+        elif stored_genesis is not None and meta.get("format") != FORMAT:
+            raise ValueError("this data directory was written by an older crmledger in another store format: "
+                             "start the node on an empty data directory to fetch the chain from its peers")
         self.height = int(meta.get("height", b"0"))
         self.head_hash = meta.get("head", genesis.hash.encode()).decode()
         self.acc = int.from_bytes(meta["acc"], "big") if "acc" in meta else stateroot.EMPTY

@@ -135,6 +135,13 @@ def test_ledger_reopens_where_it_stopped(tmp_path):
     from node.ledger.genesis import genesis_from_dict
     with pytest.raises(ValueError, match="genesis"):
         open_data_dir(tmp_path / "n", genesis_from_dict(other))
+    import sqlite3
+    c = sqlite3.connect(tmp_path / "n" / "ledger.db")
+    c.execute("DELETE FROM ledger_meta WHERE k='format'")   # as a store of the older format has it
+    c.commit()
+    c.close()
+    with pytest.raises(ValueError, match="older crmledger"):
+        open_data_dir(tmp_path / "n")
 
 
 # -- kill -9 at random moments while a process appends --------------------------------------
