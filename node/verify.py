@@ -72,8 +72,8 @@ def verify(data_dir: str | Path, workers: int | None = None, progress=None) -> R
     if not (p / "ledger.db").exists():
         raise FileNotFoundError(f"{p} holds no ledger.db")
     genesis = genesis_of(p)
-    conn = connect(p / "ledger.db", readonly=True)
-    stored = LedgerStore(conn, genesis, readonly=True)
+    conn = connect(p / "ledger.db", readonly=True, cache_mb=8)   # read in order: a small cache serves
+    stored = LedgerStore(conn, genesis, readonly=True, lookups=False)
     workers = workers if workers is not None else max(1, (os.cpu_count() or 2))
     blocks = txs = 0
     with tempfile.TemporaryDirectory(prefix="crmledger-verify-") as tmp, \

@@ -111,10 +111,12 @@ class _BlockView:
 
 class LedgerStore:
     def __init__(self, conn: sqlite3.Connection, genesis: Genesis, readonly: bool = False,
-                 keep_bodies: bool = True, cache_keys: int = 20_000) -> None:
+                 keep_bodies: bool = True, cache_keys: int = 20_000, lookups: bool = True) -> None:
         """`keep_bodies=False` stores blocks without their envelopes: a replay that only
         checks results and state needs no more. `cache_keys` bounds the cache of recently
-        used state keys (with their state-root entries, about 1 KB each)."""
+        used state keys (with their state-root entries, about 1 KB each). A store opened
+        with `lookups=False` (to read blocks and state in order, as an audit does) has no
+        transaction index in memory, and cannot find transactions by id or customer."""
         self.conn = conn
         self.genesis = genesis
         self.keep_bodies = keep_bodies
@@ -136,6 +138,9 @@ class LedgerStore:
         self.head_hash = meta.get("head", genesis.hash.encode()).decode()
         self.acc = int.from_bytes(meta["acc"], "big") if "acc" in meta else stateroot.EMPTY
         self.applied_index = int(meta.get("applied", b"0"))
+        self.index: TxIndex | None = None
+        if not lookups:
+            return
         self.index = TxIndex(conn, self._fetch)
         for height, ids, sns, subjects in conn.execute(
                 "SELECT height, ids, sns, subjects FROM blocks WHERE height > ? ORDER BY height",

@@ -15,8 +15,9 @@ class Connection(sqlite3.Connection):
 
 
 def connect(path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = False,
-            secure_delete: bool = False, scratch: bool = False) -> sqlite3.Connection:
-    """`scratch`: a throw-away database (a replay for an audit): no journal, no syncs."""
+            secure_delete: bool = False, scratch: bool = False, cache_mb: int = 64) -> sqlite3.Connection:
+    """`scratch`: a throw-away database (a replay for an audit): no journal, no syncs.
+    `cache_mb`: the most this connection keeps in its page cache."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                check_same_thread=False, factory=Connection)
@@ -31,7 +32,7 @@ def connect(path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = F
             conn.execute("PRAGMA wal_autocheckpoint=2000")  # pages: a WAL of at most ~32 MB
     conn.scratch = scratch
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA cache_size=-64000")   # 64 MB page cache at most
+    conn.execute(f"PRAGMA cache_size={-1000 * cache_mb}")
     conn.execute("PRAGMA temp_store=MEMORY")
     if secure_delete:
         conn.execute("PRAGMA secure_delete=ON")
