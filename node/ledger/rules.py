@@ -10,7 +10,7 @@ where `forbidden` means the signer may not send this type for this org or custom
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import msgpack
 
@@ -76,8 +76,7 @@ def keys_for(tx: Tx) -> list[bytes]:
     return keys
 
 
-@dataclass(frozen=True, slots=True)
-class TxResult:
+class TxResult(NamedTuple):
     code: str
     subject: str | None = None   # the customer the transaction touches, for the history
 

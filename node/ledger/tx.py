@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import msgpack
@@ -130,30 +130,22 @@ class Tx:
     sig: bytes
     signing_bytes: bytes
     tx_id: str
+    # the body's fields as attributes (read many times per transaction by the rules)
+    type: str = field(init=False, repr=False, compare=False)
+    signer: str = field(init=False, repr=False, compare=False)
+    org: str = field(init=False, repr=False, compare=False)
+    nonce: str = field(init=False, repr=False, compare=False)
+    ts: int = field(init=False, repr=False, compare=False)
+    payload: dict = field(init=False, repr=False, compare=False)
 
-    @property
-    def type(self) -> str:
-        return self.body["type"]
-
-    @property
-    def signer(self) -> str:
-        return self.body["signer"]
-
-    @property
-    def org(self) -> str:
-        return self.body["org"]
-
-    @property
-    def nonce(self) -> str:
-        return self.body["nonce"]
-
-    @property
-    def ts(self) -> int:
-        return self.body["ts"]
-
-    @property
-    def payload(self) -> dict:
-        return self.body["payload"]
+    def __post_init__(self) -> None:
+        b, put = self.body, object.__setattr__
+        put(self, "type", b["type"])
+        put(self, "signer", b["signer"])
+        put(self, "org", b["org"])
+        put(self, "nonce", b["nonce"])
+        put(self, "ts", b["ts"])
+        put(self, "payload", b["payload"])
 
     def envelope(self) -> dict:
         return {"body": self.body, "sig": self.sig.hex()}
