@@ -1,0 +1,19 @@
+"""`crmledger bench-store` end to end on a small chain: it builds the chain, appends it,
+reopens and audits it, and prints every figure with its reference and target."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_store_runs_and_prints_each_figure(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "node.cli", "bench-store", "--transactions", "3000",
+                          "--block", "100", "--workdir", str(tmp_path / "w")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "results (3,000 transactions" in text
+    for figure in ("append", "reference: the same transactions", "verify", "reopen", "peak memory"):
+        assert figure in text, (figure, text)
+    assert text.count("target") == 4
