@@ -219,11 +219,14 @@ def run(total: int = 1_000_000, block: int = 500, workers: int = 2, out=sys.stdo
                         "print(d.ledger.height, d.raft.last_index()); d.close()", str(base / "node")],
                        check=True, capture_output=True)
         reopen.append(time.monotonic() - t)
+    # the single-core reference is measured just before and just after the audit, so that
+    # it sees the machine as the audit did
+    ref_runs = [_verify_rate(verify) for _ in range(3)]
     say("  verifying ...")
     v = _child("import sys; from node.bench_store import _verify_main as m; m(sys.argv[1])", str(base / "node"))
     if not v["ok"]:
         raise RuntimeError(f"verify failed: {v['reason']}")
-    ref_nacl = statistics.median(_verify_rate(verify) for _ in range(3))
+    ref_nacl = statistics.median(ref_runs + [_verify_rate(verify) for _ in range(3)])
     ref_ossl = statistics.median(_verify_rate(verify_with_cryptography) for _ in range(3))
 
     n = a["height"] * block
@@ -245,7 +248,7 @@ def run(total: int = 1_000_000, block: int = 500, workers: int = 2, out=sys.stdo
         f"per block) {res['reference_tx_per_cpu_s']:,.0f} tx/s of CPU; append is "
         f"{append_rate / res['reference_tx_per_cpu_s']:.2f} of it")
     say(f"  verify        {verify_rate:>10,.0f} tx/s (wall, {v['seconds']:.0f} s)   single-core Ed25519 verify "
-        f"{ref_nacl:,.0f}/s (libsodium; OpenSSL {ref_ossl:,.0f}/s)   ratio {verify_rate / ref_nacl:.2f}"
+        f"{ref_nacl:,.0f}/s (libsodium, median of 6 around it; OpenSSL {ref_ossl:,.0f}/s)   ratio {verify_rate / ref_nacl:.2f}"
         f"   target >= 0.80: {'met' if verify_rate >= 0.8 * ref_nacl else 'NOT met'}")
     say(f"  reopen        {res['reopen_s']:>10.2f} s (median of 3, a fresh process)   target < 2 s: "
         f"{'met' if res['reopen_s'] < 2 else 'NOT met'}")

@@ -34,7 +34,7 @@ from node.ledger.tx import Tx
 from .cache import RecentCache
 from .raft_store import write_conf_state
 from .sqlite import select_in, transaction
-from .tx_index import TxIndex, nonce_key
+from .tx_index import NAMES, TxIndex, nonce_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NULL,
@@ -112,8 +112,8 @@ class _BlockView:
 class LedgerStore:
     def __init__(self, conn: sqlite3.Connection, genesis: Genesis, readonly: bool = False,
                  keep_bodies: bool = True, cache_keys: int = 20_000, lookups: bool = True) -> None:
-        """`keep_bodies=False` stores blocks without their envelopes: a replay that only
-        checks results and state needs no more. `cache_keys` bounds the cache of recently
+        """`keep_bodies=False` stores blocks without their envelopes and indexes them only
+        for the duplicate check: a replay that only checks results and state needs no more. `cache_keys` bounds the cache of recently
         used state keys (with their state-root entries, about 1 KB each). A store opened
         with `lookups=False` (to read blocks and state in order, as an audit does) has no
         transaction index in memory, and cannot find transactions by id or customer."""
@@ -141,7 +141,7 @@ class LedgerStore:
         self.index: TxIndex | None = None
         if not lookups:
             return
-        self.index = TxIndex(conn, self._fetch)
+        self.index = TxIndex(conn, self._fetch, names=NAMES if keep_bodies else ("nonce",))
         for height, ids, sns, subjects in conn.execute(
                 "SELECT height, ids, sns, subjects FROM blocks WHERE height > ? ORDER BY height",
                 (self.index.merged >> POS_BITS,)):

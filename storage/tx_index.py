@@ -49,10 +49,13 @@ def subject_key(subject: str) -> int:
 
 
 class TxIndex:
-    def __init__(self, conn: sqlite3.Connection, fetch: Fetch, merge_at: int = 50_000, ratio: int = 8) -> None:
+    def __init__(self, conn: sqlite3.Connection, fetch: Fetch, merge_at: int = 50_000, ratio: int = 8,
+                 names: tuple[str, ...] = NAMES) -> None:
         """`fetch(field, seqs)` reads ("tx_id", "sn" or "subject", seq) pairs back from the
-        stored blocks, to confirm a hit."""
+        stored blocks, to confirm a hit. `names`: the lookups kept (a replay that only
+        checks blocks needs no more than "nonce", for the duplicate check)."""
         self.conn = conn
+        self.names = names
         self.fetch = fetch
         self.merge_at = merge_at
         self.ratio = ratio
@@ -62,8 +65,8 @@ class TxIndex:
         self.levels: list[int] = msgpack.unpackb(meta["idx_levels"]) if "idx_levels" in meta else []
         self.bloom = Bloom.from_bytes(meta["idx_nonce_bloom"]) if "idx_nonce_bloom" in meta else Bloom.sized(0)
         # in memory: key -> seq, and the rare further seqs of a key in `extra`
-        self.mem: dict[str, dict[int, int]] = {n: {} for n in NAMES}
-        self.extra: dict[str, dict[int, list[int]]] = {n: defaultdict(list) for n in NAMES}
+        self.mem: dict[str, dict[int, int]] = {n: {} for n in names}
+        self.extra: dict[str, dict[int, list[int]]] = {n: defaultdict(list) for n in names}
         self.mem_entries = 0
 
     @staticmethod
@@ -73,10 +76,12 @@ class TxIndex:
     def remember(self, base: int, ids: list[bytes], sns: list[bytes], subjects: list[str | None]) -> None:
         """Hold one block's keys in memory (transaction i of the block has seq base + i)."""
         seqs = range(base, base + len(ids))
-        self._hold("txid", zip([int.from_bytes(i[:8], "big", signed=True) for i in ids], seqs))
         self._hold("nonce", zip([int.from_bytes(s[:8], "big", signed=True) for s in sns], seqs))
-        keyed = {s: subject_key(s) for s in set(subjects) if s is not None}
-        self._hold("subject", [(keyed[s], seq) for s, seq in zip(subjects, seqs) if s is not None])
+        if "txid" in self.mem:
+            self._hold("txid", zip([int.from_bytes(i[:8], "big", signed=True) for i in ids], seqs))
+        if "subject" in self.mem:
+            keyed = {s: subject_key(s) for s in set(subjects) if s is not None}
+            self._hold("subject", [(keyed[s], seq) for s, seq in zip(subjects, seqs) if s is not None])
 
     def _hold(self, name: str, pairs: Iterable[tuple[int, int]]) -> None:
         mem, extra = self.mem[name], self.extra[name]
@@ -90,6 +95,8 @@ class TxIndex:
     def _candidates(self, name: str, keys: list[int], deep: list[int] | None = None) -> list[int]:
         """Seqs filed under any of `keys` in memory, and under any of `deep` (default:
         `keys`) in the levels."""
+        if name not in self.mem:
+            raise LookupError(f"this index keeps no {name} lookups")
         mem, extra = self.mem[name], self.extra[name]
         seqs = [mem[k] for k in keys if k in mem]
         if extra:
@@ -131,7 +138,7 @@ class TxIndex:
         levels = list(self.levels) or [0]
         new_nonces = list(self.mem["nonce"])
         with transaction(self.conn) as c:
-            for name in NAMES:
+            for name in self.names:
                 rows = sorted(chain(self.mem[name].items(), ((k, s) for k, seqs in self.extra[name].items() for s in seqs)))
                 c.execute(f"CREATE TABLE IF NOT EXISTS {self._table(name, 1)} "
                           "(k INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (k, seq)) WITHOUT ROWID")
@@ -141,7 +148,7 @@ class TxIndex:
             while level <= len(levels) and levels[level - 1] > self.merge_at * self.ratio ** level:
                 if level == len(levels):
                     levels.append(0)
-                for name in NAMES:
+                for name in self.names:
                     src, dst = self._table(name, level), self._table(name, level + 1)
                     c.execute(f"CREATE TABLE IF NOT EXISTS {dst} "
                               "(k INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (k, seq)) WITHOUT ROWID")
@@ -163,7 +170,7 @@ class TxIndex:
                 ("idx_merged", str(upto).encode()), ("idx_levels", msgpack.packb(levels)),
                 ("idx_nonce_bloom", bloom.to_bytes())])
         self.merged, self.levels, self.bloom = upto, levels, bloom
-        for name in NAMES:
+        for name in self.names:
             self.mem[name].clear()
             self.extra[name].clear()
         self.mem_entries = 0

@@ -89,3 +89,23 @@ def test_lookups_agree_with_a_dictionary_across_merges_and_reopen(tmp_path, monk
         assert idx.subject_seqs(c, want[2], 3) == want[3:6]
     assert idx.seen_nonces([hashlib.sha256(b"x").digest()[:16]]) == set()
     conn.close()
+
+
+def test_a_nonce_only_index_finds_duplicates_and_refuses_other_lookups(tmp_path):
+    """What an audit's replay keeps: the duplicate check, nothing it does not use."""
+    rng = random.Random(3)
+    conn = connect(tmp_path / "i.db")
+    conn.execute("CREATE TABLE ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
+    blocks = _Blocks()
+    idx = TxIndex(conn, blocks.fetch, merge_at=20, names=("nonce",))
+    seen = []
+    for height in range(1, 30):
+        base, ids, sns, subjects = _block(rng, height, 5)
+        for i, (t, s, c) in enumerate(zip(ids, sns, subjects)):
+            blocks.rows[base + i] = {"tx_id": t, "sn": s, "subject": c}
+        idx.note_block(base, ids, sns, subjects)
+        seen += sns
+    assert idx.levels and idx.seen_nonces(seen[:7] + [b"\x01" * 16]) == set(seen[:7])
+    with pytest.raises(LookupError):
+        idx.seq_of(hashlib.sha256(b"x").digest())
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'idx_txid%'").fetchall() == []
