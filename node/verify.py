@@ -40,11 +40,11 @@ class Report:
     reason: str = ""
 
 
-def _check_transactions(envs: list[bytes]) -> list[str | None]:
-    """In a worker: for each stored transaction, None or why it is bad — its shape
-    (SPEC §2, §3), its canonical form, and its signature."""
+def _check_transactions(items: list[tuple[str, bytes]]) -> list[str | None]:
+    """In a worker: for each stored (tx_id, transaction), None or why it is bad — its
+    shape (SPEC §2, §3), its canonical form, its signature, and its stored tx_id."""
     out: list[str | None] = []
-    for env in envs:
+    for stored_id, env in items:
         try:
             tx = decode_tx(env)
         except TxError as e:
@@ -54,6 +54,8 @@ def _check_transactions(envs: list[bytes]) -> list[str | None]:
             out.append("not stored in canonical form")
         elif not tx.signature_ok():
             out.append("signature does not verify")
+        elif tx.tx_id != stored_id:
+            out.append("stored tx_id does not match its body")
         else:
             out.append(None)
     return out
@@ -93,9 +95,9 @@ def verify(data_dir: str | Path, workers: int | None = None, progress=None) -> R
                         break
                     height, hash_, header_bytes, sig = row
                     body = stored.block_txs(height)
-                    envs = [e for _, _, e in body]
+                    items = [(i, e) for i, _, e in body]
                     pending.append((height, hash_, header_bytes, sig, body, stored.index_columns(height),
-                                    pool.submit(_check_transactions, envs)))
+                                    pool.submit(_check_transactions, items)))
                 if not pending:
                     break
                 height, hash_, header_bytes, sig, body, index_cols, fut = pending.popleft()
@@ -134,10 +136,7 @@ def _check_one(replay: LedgerStore, height: int, hash_: bytes, header_bytes: byt
     for pos, ((stored_id, _, env), err) in enumerate(zip(body, sig_errors)):
         if err:
             raise _Fail(height, f"transaction {pos} ({stored_id[:16]}…): {err}")
-        tx = stored_tx(env)  # a worker has checked it in full
-        if tx.tx_id != stored_id:
-            raise _Fail(height, f"transaction {pos}: stored tx_id does not match its body")
-        parsed.append(tx)
+        parsed.append(stored_tx(env, checked_id=stored_id))  # a worker has checked it in full
     block = Block(header, sig, tuple(e for _, _, e in body), tuple(t.tx_id for t in parsed))
     out = replay.apply_block(block, parsed, header.index)
     if isinstance(out, str):

@@ -90,6 +90,8 @@ TAMPERS = {
     "stored result": (lambda p: _sql(p, "UPDATE blocks SET codes=? WHERE height=9",
                                      _column(p, 9, "codes")[:11] + b"\x00" + _column(p, 9, "codes")[12:]),
                       9, "result"),
+    "stored tx_id": (lambda p: _sql(p, "UPDATE blocks SET ids=? WHERE height=3", _flip(_column(p, 3, "ids"), 40)),
+                     3, "tx_id"),
     "index column": (lambda p: _sql(p, "UPDATE blocks SET sns=? WHERE height=4", _flip(_column(p, 4, "sns"), 20)),
                      4, "nonce keys"),
     "missing block": (lambda p: _sql(p, "DELETE FROM blocks WHERE height=8"), 8, "missing"),

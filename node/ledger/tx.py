@@ -199,11 +199,15 @@ def admit(obj: Any) -> Tx:
     return tx
 
 
-def stored_tx(stored: bytes) -> Tx:
+def stored_tx(stored: bytes, checked_id: str | None = None) -> Tx:
     """The transaction of an envelope in its stored form, checked before (a block's
-    transactions, an audit worker's): no shape checks, only what the form guarantees."""
+    transactions, an audit worker's): no shape checks, only what the form guarantees.
+    With `checked_id` (its tx_id, already checked against it, as an audit's worker
+    does) it is only unpacked, for replaying: its signing bytes are left empty."""
     obj = msgpack.unpackb(stored, raw=False)
     body = obj["body"]
+    if checked_id is not None:
+        return Tx(body, b"", b"", checked_id)
     sb = TX_PREFIX + msgpack.packb(body, use_bin_type=True)  # the stored body is canonical
     return Tx(body, bytes.fromhex(obj["sig"]), sb, tx_id_of(sb))
 
