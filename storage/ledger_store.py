@@ -60,6 +60,14 @@ def _cut(blob: bytes, width: int) -> list[bytes]:
     return [blob[i:i + width] for i in range(0, len(blob), width)]
 
 
+def _by_height(seqs: list[int]) -> dict[int, list[int]]:
+    """Seqs grouped by the block they name, in order within each."""
+    out: dict[int, list[int]] = defaultdict(list)
+    for s in seqs:
+        out[s >> POS_BITS].append(s)
+    return out
+
+
 def _end(ends: bytes, pos: int) -> int:
     return struct.unpack_from(">I", ends, 4 * pos)[0] if pos >= 0 else 0
 
@@ -113,10 +121,11 @@ class LedgerStore:
     def __init__(self, conn: sqlite3.Connection, genesis: Genesis, readonly: bool = False,
                  keep_bodies: bool = True, cache_keys: int = 20_000, lookups: bool = True) -> None:
         """`keep_bodies=False` stores blocks without their envelopes and indexes them only
-        for the duplicate check: a replay that only checks results and state needs no more. `cache_keys` bounds the cache of recently
-        used state keys (with their state-root entries, about 1 KB each). A store opened
-        with `lookups=False` (to read blocks and state in order, as an audit does) has no
-        transaction index in memory, and cannot find transactions by id or customer."""
+        for the duplicate check: a replay that only checks results and state needs no
+        more. `cache_keys` bounds the cache of recently used state keys (with their
+        state-root entries, about 1 KB each). A store opened with `lookups=False` (to
+        read blocks and state in order, as an audit does) has no transaction index in
+        memory, and cannot find transactions by id or customer."""
         self.conn = conn
         self.genesis = genesis
         self.keep_bodies = keep_bodies
@@ -168,9 +177,7 @@ class LedgerStore:
     def _fetch(self, field: str, seqs: list[int]) -> list[tuple[int, object]]:
         """(seq, value of `field`) for each seq that names a stored transaction."""
         column, width = _FIELDS[field]
-        by_height: dict[int, list[int]] = defaultdict(list)
-        for s in seqs:
-            by_height[s >> POS_BITS].append(s)
+        by_height = _by_height(seqs)
         out: list[tuple[int, object]] = []
         for height, blob in select_in(self.conn, f"SELECT height, {column} FROM blocks WHERE height IN ({{}})",
                                       by_height):
@@ -218,9 +225,7 @@ class LedgerStore:
     def history(self, subject: str, limit: int = 1000, after_seq: int = -1) -> list[tuple[int, int, str, str, bytes]]:
         """(height, pos, tx_id, code, envelope) touching a customer, oldest first."""
         seqs = self.index.subject_seqs(subject, after_seq, limit)   # confirmed against the blocks
-        by_height: dict[int, list[int]] = defaultdict(list)
-        for s in seqs:
-            by_height[s >> POS_BITS].append(s)
+        by_height = _by_height(seqs)
         out = []
         for height, ids, codes, ends in select_in(
                 self.conn, "SELECT height, ids, codes, ends FROM blocks WHERE height IN ({})", by_height):
