@@ -1,7 +1,8 @@
 """A bounded cache of recently used entries in two generations: entries are put in the
 young one; when it holds half the bound it becomes the old one and the oldest entries
 go. A hit in the old generation moves up. Plain dictionaries, so a put or a hit costs
-about as much as a dictionary lookup."""
+about as much as a dictionary lookup. It holds at most `bound` entries, plus those of
+the last `put_all` (a block's changes are put at once)."""
 from __future__ import annotations
 
 from typing import Any, Hashable, Iterable
