@@ -151,10 +151,13 @@ class LedgerStore:
         if not lookups:
             return
         self.index = TxIndex(conn, self._fetch, names=NAMES if keep_bodies else ("nonce",))
-        for height, ids, sns, subjects in conn.execute(
-                "SELECT height, ids, sns, subjects FROM blocks WHERE height > ? ORDER BY height",
-                (self.index.merged >> POS_BITS,)):
-            self.index.remember(seq_of(height, 0), _cut(ids, 32), _cut(sns, 16), msgpack.unpackb(subjects))
+        # the blocks after the last merge (all of them, when the index is rebuilt), a
+        # page at a time
+        after = self.index.merged >> POS_BITS
+        while rows := conn.execute("SELECT height, ids, sns, subjects FROM blocks WHERE height > ? "
+                                   "ORDER BY height LIMIT 256", (after,)).fetchall():
+            for after, ids, sns, subjects in rows:
+                self.index.note_block(seq_of(after, 0), ids, sns, msgpack.unpackb(subjects))
 
     # -- reading ---------------------------------------------------------------------------
     @property
@@ -263,8 +266,9 @@ class LedgerStore:
                 self.mark_applied(raft_index, conf_state)
             return why
         h = block.header
-        ids = [bytes.fromhex(tx.tx_id) for tx in txs]
+        ids = b"".join([bytes.fromhex(tx.tx_id) for tx in txs])
         sns = [nonce_key(tx.signer, tx.nonce) for tx in txs]
+        sns_joined = b"".join(sns)
         view = _BlockView(self, txs, sns)
         outcome = apply_block(self.genesis, view, txs, height=h.height, timestamp=h.timestamp)
         new_hashes: dict[bytes, int] = {}
@@ -275,7 +279,7 @@ class LedgerStore:
         with transaction(self.conn) as c:
             c.execute("INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
                 h.height, bytes.fromhex(head), canonical_bytes(h.to_map()), block.sig, len(txs),
-                b"".join(ids), b"".join(sns), bytes([CODE_NUM[r.code] for r in outcome.results]),
+                ids, sns_joined, bytes([CODE_NUM[r.code] for r in outcome.results]),
                 msgpack.packb(subjects), struct.pack(f">{len(bodies)}I", *accumulate(map(len, bodies))),
                 b"".join(bodies)))
             c.executemany("INSERT INTO state VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
@@ -287,7 +291,7 @@ class LedgerStore:
                 write_conf_state(c, conf_state, raft_index)
         self.height, self.head_hash, self.acc, self.applied_index = h.height, head, acc, raft_index
         self.cache.put_all((k, (new, new_hashes.get(k))) for k, _, new in outcome.changes)
-        self.index.note_block(seq_of(h.height, 0), ids, sns, subjects)
+        self.index.note_block(seq_of(h.height, 0), ids, sns_joined, subjects)
         return outcome
 
     def mark_applied(self, raft_index: int, conf_state: ConfState | None = None) -> None:

@@ -2,17 +2,22 @@
 
 Each lookup is a set of (key, seq) pairs, the key being the first 8 bytes of a hash, so
 keys land at random places. Inserting a block's worth of random keys into B-trees of
-millions would dirty a page per key on every commit (even in a small table: a block's
-commit would write out most of its pages). So this is a small log-structured merge tree:
-the keys of recent blocks are held in memory (at most `merge_at` entries), then merged in
-sorted order into level 1; a level that outgrows `ratio` times the one before is merged
-into the next. A merge touches each page of the target table at most once, so the cost
-per key stays small as the chain grows, and every level is a plain SQLite table.
+millions would dirty a page per key on every commit, and costs a Python-to-SQLite call
+per key. So this is a small log-structured merge tree of sorted runs, handled as arrays
+(numpy), never a key at a time:
+  * the keys of recent blocks are held in memory (at most `merge_at` entries);
+  * then sorted into a new run at level 1, stored as parts of `PART` sorted keys and
+    their seqs, a row per part, each with its first and last key;
+  * when a level holds `ratio` runs, they are merged, streaming a part at a time, into
+    one run of the next level. Each key is written once per level, so the cost per key
+    stays small as the chain grows.
+The first and last keys of every part (16 bytes per `PART` keys) are kept in memory, so
+a lookup reads only the parts that can hold its keys.
 
 Every block is checked for (signer, nonce) pairs seen before, and nearly all of them are
-new. A Bloom filter over the nonce keys in the levels (as an LSM tree keeps one per
-table) answers most of those checks without reading a page; it is written with the
-levels, in the same transaction, and grows by rebuilding from them.
+new. A Bloom filter over every nonce key (as an LSM tree keeps one per table) answers
+most of those checks without reading anything; it is written with the runs, in the same
+transaction, and grows by rebuilding from them.
 
 All of it is derived data: the stored blocks hold what the keys are computed from, so
 on open the in-memory part is rebuilt from the blocks after `merged`. A hit is always
@@ -23,17 +28,23 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections import defaultdict
-from itertools import chain
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import msgpack
+import numpy as np
 
 from .bloom import Bloom
 from .sqlite import select_in, transaction
 
 NAMES = ("txid", "nonce", "subject")
+PART = 512          # keys per stored part of a run
+FORMAT = b"runs-1"   # the layout of the stored runs (an index in another layout is rebuilt)
 Fetch = Callable[[str, list[int]], list[tuple[int, object]]]
+_I8 = np.dtype("<i8")
+_BE8 = np.dtype(">i8")
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS idx_parts (id INTEGER PRIMARY KEY, first INTEGER NOT NULL, "
+           "last INTEGER NOT NULL, keys BLOB NOT NULL, seqs BLOB NOT NULL)")
+Chunk = tuple[np.ndarray, np.ndarray]   # keys (sorted) and their seqs
 
 
 def short(b: bytes) -> int:
@@ -48,6 +59,16 @@ def subject_key(subject: str) -> int:
     return short(hashlib.sha256(subject.encode()).digest())
 
 
+def shorts(joined: bytes, width: int) -> np.ndarray:
+    """short() of each `width`-byte item of `joined`."""
+    return np.frombuffer(joined, _BE8)[::width // 8].astype(_I8)
+
+
+def _part_id(run: int, name: str, part: int) -> int:
+    """The row of a part: run, lookup and part number in one integer key."""
+    return (run << 34) | (NAMES.index(name) << 32) | part
+
+
 class TxIndex:
     def __init__(self, conn: sqlite3.Connection, fetch: Fetch, merge_at: int = 50_000, ratio: int = 8,
                  names: tuple[str, ...] = NAMES) -> None:
@@ -59,118 +80,207 @@ class TxIndex:
         self.fetch = fetch
         self.merge_at = merge_at
         self.ratio = ratio
-        meta = dict(conn.execute("SELECT k, v FROM ledger_meta WHERE k IN "
-                                 "('idx_merged', 'idx_levels', 'idx_nonce_bloom')"))
-        self.merged = int(meta.get("idx_merged", b"-1"))  # entries with seq <= merged are in the levels
-        self.levels: list[int] = msgpack.unpackb(meta["idx_levels"]) if "idx_levels" in meta else []
-        self.bloom = Bloom.from_bytes(meta["idx_nonce_bloom"]) if "idx_nonce_bloom" in meta else Bloom.sized(0)
-        # in memory: key -> seq, and the rare further seqs of a key in `extra`
-        self.mem: dict[str, dict[int, int]] = {n: {} for n in names}
-        self.extra: dict[str, dict[int, list[int]]] = {n: defaultdict(list) for n in names}
+        meta = dict(conn.execute("SELECT k, v FROM ledger_meta WHERE k LIKE 'idx_%'"))
+        if meta and meta.get("idx_format") != FORMAT:
+            self._drop_old(meta)
+            meta = {}
+        self.merged = int(meta.get("idx_merged", b"-1"))  # entries with seq <= merged are in the runs
+        self.runs: list[tuple[int, int]] = [tuple(r) for r in msgpack.unpackb(meta.get("idx_runs", b"\x90"))]
+        self.bloom = (Bloom.from_bytes(meta["idx_nonce_bloom"]) if "idx_nonce_bloom" in meta
+                      else Bloom.sized(merge_at))
+        # (name, run) -> first and last key of each part
+        self.fences: dict[tuple[str, int], Chunk] = {}
+        if self.runs:
+            rows = np.array(conn.execute("SELECT id, first, last FROM idx_parts ORDER BY id").fetchall(), np.int64)
+            for run, _ in self.runs:
+                for name in names:
+                    lo = np.searchsorted(rows[:, 0], _part_id(run, name, 0))
+                    hi = np.searchsorted(rows[:, 0], _part_id(run, name, (1 << 32) - 1), "right")
+                    if hi > lo:
+                        self.fences[(name, run)] = (rows[lo:hi, 1].copy(), rows[lo:hi, 2].copy())
+        # in memory: a block's keys and seqs per lookup, appended
+        self.mem: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in names}
+        self._joined: dict[str, Chunk] = {}
         self.mem_entries = 0
 
-    @staticmethod
-    def _table(name: str, level: int) -> str:
-        return f"idx_{name}_{level}"
+    def _drop_old(self, meta: dict) -> None:
+        """An index written in an older layout: dropped, to be rebuilt from the blocks."""
+        old = [n for (n,) in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                               "AND name LIKE 'idx_%'")]
+        with transaction(self.conn) as c:
+            for table in old:
+                c.execute(f'DROP TABLE "{table}"')
+            c.executemany("DELETE FROM ledger_meta WHERE k=?", [(k,) for k in meta])
 
-    def remember(self, base: int, ids: list[bytes], sns: list[bytes], subjects: list[str | None]) -> None:
-        """Hold one block's keys in memory (transaction i of the block has seq base + i)."""
-        seqs = range(base, base + len(ids))
-        self._hold("nonce", zip([int.from_bytes(s[:8], "big", signed=True) for s in sns], seqs))
+    @property
+    def levels(self) -> list[int]:
+        """How many runs each level holds."""
+        top = max((lvl for _, lvl in self.runs), default=0)
+        return [sum(lvl == i for _, lvl in self.runs) for i in range(1, top + 1)]
+
+    def remember(self, base: int, ids: bytes, sns: bytes, subjects: list[str | None]) -> None:
+        """Hold one block's keys in memory: `ids` and `sns` are its tx_ids (32 bytes each)
+        and nonce keys (16 bytes each) end to end; transaction i has seq base + i."""
+        seqs = np.arange(base, base + len(subjects), dtype=_I8)
+        nonces = shorts(sns, 16)
+        self._hold("nonce", nonces, seqs)
+        self.bloom.add_all(nonces)
         if "txid" in self.mem:
-            self._hold("txid", zip([int.from_bytes(i[:8], "big", signed=True) for i in ids], seqs))
+            self._hold("txid", shorts(ids, 32), seqs)
         if "subject" in self.mem:
             keyed = {s: subject_key(s) for s in set(subjects) if s is not None}
-            self._hold("subject", [(keyed[s], seq) for s, seq in zip(subjects, seqs) if s is not None])
+            at = [i for i, s in enumerate(subjects) if s is not None]
+            self._hold("subject", np.array([keyed[subjects[i]] for i in at], _I8), seqs[at])
 
-    def _hold(self, name: str, pairs: Iterable[tuple[int, int]]) -> None:
-        mem, extra = self.mem[name], self.extra[name]
-        before = len(mem)
-        for k, seq in pairs:
-            if mem.setdefault(k, seq) != seq:
-                extra[k].append(seq)
-                self.mem_entries += 1
-        self.mem_entries += len(mem) - before
+    def _hold(self, name: str, keys: np.ndarray, seqs: np.ndarray) -> None:
+        ks, ss = self.mem[name]
+        ks.append(keys)
+        ss.append(seqs)
+        self._joined.pop(name, None)
+        self.mem_entries += len(keys)
 
-    def _candidates(self, name: str, keys: list[int], deep: list[int] | None = None) -> list[int]:
-        """Seqs filed under any of `keys` in memory, and under any of `deep` (default:
-        `keys`) in the levels."""
+    def _in_memory(self, name: str) -> Chunk:
+        if name not in self._joined:
+            ks, ss = self.mem[name]
+            self._joined[name] = (np.concatenate(ks), np.concatenate(ss)) if ks else (np.empty(0, _I8),) * 2
+        return self._joined[name]
+
+    def _candidates(self, name: str, keys: np.ndarray) -> list[int]:
+        """Seqs filed under any of `keys`, in memory and in the runs."""
         if name not in self.mem:
             raise LookupError(f"this index keeps no {name} lookups")
-        mem, extra = self.mem[name], self.extra[name]
-        seqs = [mem[k] for k in keys if k in mem]
-        if extra:
-            seqs += [s for k in keys if k in extra for s in extra[k]]
-        deep = keys if deep is None else deep
-        for level, size in enumerate(self.levels, start=1):
-            if size and deep:
-                seqs += [r[0] for r in select_in(self.conn, f"SELECT seq FROM {self._table(name, level)} "
-                                                            "WHERE k IN ({})", deep)]
+        mk, ms = self._in_memory(name)
+        seqs = ms[np.isin(mk, keys)].tolist()
+        want: list[int] = []
+        for run, _ in self.runs:
+            if (name, run) not in self.fences:
+                continue
+            firsts, lasts = self.fences[(name, run)]
+            los, his = np.searchsorted(lasts, keys, "left"), np.searchsorted(firsts, keys, "right")
+            want += {_part_id(run, name, p) for lo, hi in zip(los.tolist(), his.tolist()) for p in range(lo, hi)}
+        for pk, ps in select_in(self.conn, "SELECT keys, seqs FROM idx_parts WHERE id IN ({})", want):
+            seqs += np.frombuffer(ps, _I8)[np.isin(np.frombuffer(pk, _I8), keys)].tolist()
         return seqs
 
     # -- lookups ----------------------------------------------------------------------
     def seen_nonces(self, sns: list[bytes]) -> set[bytes]:
-        keys = [int.from_bytes(s[:8], "big", signed=True) for s in sns]
-        might = self.bloom.might_contain
-        seqs = self._candidates("nonce", keys, [k for k in keys if might(k)])
+        if not sns:
+            return set()
+        keys = shorts(b"".join(sns), 16)
+        keys = keys[self.bloom.contains(keys)]
+        seqs = self._candidates("nonce", keys) if len(keys) else []
         return {v for _, v in self.fetch("sn", seqs)} & set(sns) if seqs else set()
 
     def seq_of(self, tx_id: bytes) -> int | None:
         """The seq of the first committed transaction with this id."""
-        hits = [s for s, v in self.fetch("tx_id", self._candidates("txid", [short(tx_id)])) if v == tx_id]
+        seqs = self._candidates("txid", np.array([short(tx_id)], _I8))
+        hits = [s for s, v in self.fetch("tx_id", seqs) if v == tx_id]
         return min(hits) if hits else None
 
     def subject_seqs(self, subject: str, after: int, limit: int) -> list[int]:
         """Seqs of transactions touching `subject` after `after`, oldest first."""
-        seqs = sorted(s for s in self._candidates("subject", [subject_key(subject)]) if s > after)
+        seqs = sorted(s for s in self._candidates("subject", np.array([subject_key(subject)], _I8)) if s > after)
         return [s for s, v in sorted(self.fetch("subject", seqs)) if v == subject][:limit]
 
     # -- writing ------------------------------------------------------------------------
-    def note_block(self, base: int, ids: list[bytes], sns: list[bytes], subjects: list[str | None]) -> None:
-        """The keys of a block just committed; merged into the levels (a transaction of
+    def note_block(self, base: int, ids: bytes, sns: bytes, subjects: list[str | None]) -> None:
+        """The keys of a block just committed; merged into the runs (a transaction of
         its own) once enough have gathered. A crash before the merge loses nothing: the
         blocks are read back on open."""
         self.remember(base, ids, sns, subjects)
-        if ids and self.mem_entries >= self.merge_at:
-            self.merge(base + len(ids) - 1)
+        if subjects and self.mem_entries >= self.merge_at:
+            self.merge(base + len(subjects) - 1)
 
     def merge(self, upto: int) -> None:
-        levels = list(self.levels) or [0]
-        new_nonces = list(self.mem["nonce"])
+        runs = list(self.runs)
+        fences = dict(self.fences)
         with transaction(self.conn) as c:
+            c.execute(_SCHEMA)
+            new, level = max((r for r, _ in runs), default=0) + 1, 1
             for name in self.names:
-                rows = sorted(chain(self.mem[name].items(), ((k, s) for k, seqs in self.extra[name].items() for s in seqs)))
-                c.execute(f"CREATE TABLE IF NOT EXISTS {self._table(name, 1)} "
-                          "(k INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (k, seq)) WITHOUT ROWID")
-                c.executemany(f"INSERT OR IGNORE INTO {self._table(name, 1)} VALUES (?, ?)", rows)
-            levels[0] += self.mem_entries
-            level = 1
-            while level <= len(levels) and levels[level - 1] > self.merge_at * self.ratio ** level:
-                if level == len(levels):
-                    levels.append(0)
+                keys, seqs = self._in_memory(name)
+                order = np.argsort(keys, kind="stable")
+                self._write(c, name, new, [(keys[order], seqs[order])], fences)
+            runs.append((new, level))
+            while len(full := [r for r, lvl in runs if lvl == level]) >= self.ratio:
+                new = max(r for r, _ in runs) + 1
                 for name in self.names:
-                    src, dst = self._table(name, level), self._table(name, level + 1)
-                    c.execute(f"CREATE TABLE IF NOT EXISTS {dst} "
-                              "(k INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (k, seq)) WITHOUT ROWID")
-                    c.execute(f"INSERT OR IGNORE INTO {dst} SELECT k, seq FROM {src} ORDER BY k, seq")
-                    c.execute(f"DELETE FROM {src}")
-                levels[level] += levels[level - 1]
-                levels[level - 1] = 0
+                    self._write(c, name, new, self._merged(c, name, full, fences), fences)
+                    for r in full:
+                        c.execute("DELETE FROM idx_parts WHERE id BETWEEN ? AND ?",
+                                  (_part_id(r, name, 0), _part_id(r, name, (1 << 32) - 1)))
+                        fences.pop((name, r), None)
+                runs = [(r, lvl) for r, lvl in runs if lvl != level] + [(new, level + 1)]
                 level += 1
             bloom = self.bloom
-            if bloom.count + len(new_nonces) <= bloom.capacity:
-                bloom = bloom.copy()
-                bloom.add_all(new_nonces)
-            else:   # grown: rebuilt from every level
-                bloom = Bloom.sized(2 * (bloom.count + len(new_nonces)))
-                for level, size in enumerate(levels, start=1):
-                    if size:
-                        bloom.add_all(k for (k,) in c.execute(f"SELECT k FROM {self._table('nonce', level)}"))
+            if bloom.count > bloom.capacity:   # grown: rebuilt from every run
+                bloom = Bloom.sized(2 * bloom.count)
+                for run, _ in runs:
+                    for keys, _ in self._parts(c, "nonce", run, fences):
+                        bloom.add_all(keys)
             c.executemany("INSERT OR REPLACE INTO ledger_meta VALUES (?, ?)", [
-                ("idx_merged", str(upto).encode()), ("idx_levels", msgpack.packb(levels)),
+                ("idx_format", FORMAT), ("idx_merged", str(upto).encode()), ("idx_runs", msgpack.packb(runs)),
                 ("idx_nonce_bloom", bloom.to_bytes())])
-        self.merged, self.levels, self.bloom = upto, levels, bloom
+        self.merged, self.runs, self.fences, self.bloom = upto, runs, fences, bloom
         for name in self.names:
-            self.mem[name].clear()
-            self.extra[name].clear()
+            self.mem[name][0].clear()
+            self.mem[name][1].clear()
+        self._joined.clear()
         self.mem_entries = 0
+
+    @staticmethod
+    def _parts(c: sqlite3.Connection, name: str, run: int, fences: dict) -> Iterator[Chunk]:
+        for p in range(len(fences.get((name, run), ((),))[0])):
+            keys, seqs = c.execute("SELECT keys, seqs FROM idx_parts WHERE id=?", (_part_id(run, name, p),)).fetchone()
+            yield np.frombuffer(keys, _I8), np.frombuffer(seqs, _I8)
+
+    def _merged(self, c: sqlite3.Connection, name: str, runs: list[int], fences: dict) -> Iterator[Chunk]:
+        """The entries of `runs` in key order, a part of each at a time: each step takes
+        from every run the keys up to the smallest of their current parts' last keys."""
+        streams = [self._parts(c, name, r, fences) for r in runs]
+        heads = [[*head, s] for s in streams if (head := next(s, None)) is not None]
+        while heads:
+            cut = min(h[0][-1] for h in heads)
+            keys, seqs = [], []
+            for h in heads:
+                i = int(np.searchsorted(h[0], cut, "right"))
+                keys.append(h[0][:i])
+                seqs.append(h[1][:i])
+                h[0], h[1] = h[0][i:], h[1][i:]
+                if not len(h[0]):
+                    h[0], h[1] = next(h[2], (None, None))
+            heads = [h for h in heads if h[0] is not None]
+            keys_a, seqs_a = np.concatenate(keys), np.concatenate(seqs)
+            order = np.argsort(keys_a, kind="stable")
+            yield keys_a[order], seqs_a[order]
+
+    @staticmethod
+    def _write(c: sqlite3.Connection, name: str, run: int, chunks: Iterable[Chunk], fences: dict) -> None:
+        """Store a sorted run, given in sorted chunks, as parts of PART keys."""
+        firsts: list[int] = []
+        lasts: list[int] = []
+
+        def put(keys: np.ndarray, seqs: np.ndarray) -> None:
+            first, last = int(keys[0]), int(keys[-1])
+            c.execute("INSERT INTO idx_parts VALUES (?, ?, ?, ?, ?)",
+                      (_part_id(run, name, len(firsts)), first, last, keys.tobytes(), seqs.tobytes()))
+            firsts.append(first)
+            lasts.append(last)
+
+        held_k: list[np.ndarray] = []
+        held_s: list[np.ndarray] = []
+        held = 0
+        for keys, seqs in chunks:
+            held_k.append(keys)
+            held_s.append(seqs)
+            held += len(keys)
+            if held >= PART:
+                keys, seqs = np.concatenate(held_k), np.concatenate(held_s)
+                full = held - held % PART
+                for i in range(0, full, PART):
+                    put(keys[i:i + PART], seqs[i:i + PART])
+                held_k, held_s, held = [keys[full:]], [seqs[full:]], held - full
+        if held:
+            put(np.concatenate(held_k), np.concatenate(held_s))
+        if firsts:
+            fences[(name, run)] = (np.array(firsts, _I8), np.array(lasts, _I8))

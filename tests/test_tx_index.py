@@ -1,4 +1,4 @@
-"""The transaction index (an LSM tree of SQLite tables with a Bloom filter over nonce
+"""The transaction index (an LSM tree of sorted runs with a Bloom filter over nonce
 keys): every lookup agrees with a plain dictionary through merges into deeper levels,
 growth of the filter and a reopen that rebuilds the in-memory part."""
 import hashlib
@@ -47,12 +47,15 @@ def _block(rng, height, n):
     return base, ids, sns, subjects
 
 
-@pytest.mark.parametrize("max_bits", [1 << 27, 256], ids=["growing-filter", "capped-filter"])
-def test_lookups_agree_with_a_dictionary_across_merges_and_reopen(tmp_path, monkeypatch, max_bits):
+@pytest.mark.parametrize("max_bits,part", [(1 << 27, 2048), (256, 2048), (1 << 27, 3)],
+                         ids=["growing-filter", "capped-filter", "tiny-parts"])
+def test_lookups_agree_with_a_dictionary_across_merges_and_reopen(tmp_path, monkeypatch, max_bits, part):
     # a small filter has to grow, and is rebuilt; a capped one stops growing and lets more
-    # absent keys through to the levels, which must still answer exactly
+    # absent keys through to the runs, which must still answer exactly; with tiny parts,
+    # the keys of a busy customer span many parts of a run
     monkeypatch.setattr("storage.bloom.MIN_BITS", 64)
     monkeypatch.setattr("storage.bloom.MAX_BITS", max_bits)
+    monkeypatch.setattr("storage.tx_index.PART", part)
     rng = random.Random(11)
     conn = connect(tmp_path / "i.db")
     conn.execute("CREATE TABLE ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
@@ -70,14 +73,14 @@ def test_lookups_agree_with_a_dictionary_across_merges_and_reopen(tmp_path, monk
             blocks.rows[base + i] = {"tx_id": t, "sn": s, "subject": c}
             by_id.setdefault(t, base + i)
             by_subject.setdefault(c, []).append(base + i)
-        idx.note_block(base, ids, sns, subjects)
+        idx.note_block(base, b"".join(ids), b"".join(sns), subjects)
         stored.append((base, ids, sns, subjects))
         seen_sn.update(sns)
         if height % 30 == 0:   # reopen: levels and filter from the file, the rest from the blocks
             idx = TxIndex(conn, blocks.fetch, merge_at=60, ratio=2)
             for b, i, s, c in stored:
                 if b > idx.merged:
-                    idx.remember(b, i, s, c)
+                    idx.remember(b, b"".join(i), b"".join(s), c)
     assert len(idx.levels) >= 3 and idx.bloom.capacity >= idx.bloom.count > 100
     assert len(idx.bloom.bits) * 8 <= max_bits
     for t, seq in rng.sample(sorted(by_id.items()), 50):
@@ -103,9 +106,36 @@ def test_a_nonce_only_index_finds_duplicates_and_refuses_other_lookups(tmp_path)
         base, ids, sns, subjects = _block(rng, height, 5)
         for i, (t, s, c) in enumerate(zip(ids, sns, subjects)):
             blocks.rows[base + i] = {"tx_id": t, "sn": s, "subject": c}
-        idx.note_block(base, ids, sns, subjects)
+        idx.note_block(base, b"".join(ids), b"".join(sns), subjects)
         seen += sns
     assert idx.levels and idx.seen_nonces(seen[:7] + [b"\x01" * 16]) == set(seen[:7])
     with pytest.raises(LookupError):
         idx.seq_of(hashlib.sha256(b"x").digest())
-    assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'idx_txid%'").fetchall() == []
+    assert conn.execute("SELECT count(*) FROM idx_parts WHERE (id >> 32) & 3 != 1").fetchone() == (0,)
+
+
+def test_an_index_in_an_older_layout_is_rebuilt_from_the_blocks(tmp_path, monkeypatch):
+    from functools import partial
+    from storage.datadir import open_data_dir
+    from tests.ledger_kit import GENESIS, Chain, key, tx
+    monkeypatch.setattr("storage.ledger_store.TxIndex", partial(TxIndex, merge_at=100))   # merges as it rebuilds
+    d = open_data_dir(tmp_path / "n", GENESIS)
+    ch = Chain(d.ledger)
+    a1 = key("org1-admin")
+    for b in range(6):
+        ch.commit([tx(a1, "customer.register", "org1", customer_id=f"c{b}-{i}", customer_key=None,
+                      profile_hash="ab" * 32) for i in range(20)])
+    ids = [t for h in (1, 4, 6) for t, _, _ in d.ledger.block_txs(h)]
+    d.close()
+    c = connect(tmp_path / "n" / "ledger.db")
+    c.execute("DROP TABLE idx_parts")   # as the layout of one table per level had it
+    c.execute("CREATE TABLE idx_nonce_1 (k INTEGER NOT NULL, seq INTEGER NOT NULL)")
+    c.execute("DELETE FROM ledger_meta WHERE k LIKE 'idx_%'")
+    c.executemany("INSERT INTO ledger_meta VALUES (?, ?)", [("idx_merged", b"99"), ("idx_levels", b"\x91\x01")])
+    c.close()
+    d = open_data_dir(tmp_path / "n")
+    assert d.ledger.index.runs and d.ledger.index.merged > 99
+    assert [d.ledger.tx_record(t).height for t in ids] == [1] * 20 + [4] * 20 + [6] * 20
+    assert [h for h, *_ in d.ledger.history("c3-7")] == [4]
+    assert d.ledger.conn.execute("SELECT name FROM sqlite_master WHERE name='idx_nonce_1'").fetchall() == []
+    d.close()
