@@ -34,6 +34,7 @@ from node.ledger.tx import Tx
 from .cache import RecentCache
 from .raft_store import write_conf_state
 from .sqlite import select_in, transaction
+from .state_filter import StateFilter
 from .tx_index import NAMES, TxIndex, nonce_key
 
 _SCHEMA = """
@@ -102,6 +103,8 @@ class _BlockView:
                 self.hashes[k] = hit[1]
         if missing:
             fetched = dict.fromkeys(missing)
+            if store.filter is not None:
+                missing = store.filter.may_exist(missing)
             fetched.update(select_in(store.conn, "SELECT k, v FROM state WHERE k IN ({})", missing))
             self.state.update(fetched)
             cache.put_all((k, (v, None)) for k, v in fetched.items())
@@ -148,6 +151,9 @@ class LedgerStore:
         self.acc = int.from_bytes(meta["acc"], "big") if "acc" in meta else stateroot.EMPTY
         self.applied_index = int(meta.get("applied", b"0"))
         self.index: TxIndex | None = None
+        self.filter: StateFilter | None = None
+        if not readonly:
+            self.filter = StateFilter(conn, self.height)
         if not lookups:
             return
         self.index = TxIndex(conn, self._fetch, names=NAMES if keep_bodies else ("nonce",))
@@ -286,6 +292,8 @@ class LedgerStore:
                           [(k, new) for k, _, new in outcome.changes if new is not None])
             c.executemany("DELETE FROM state WHERE k=?",
                           [(k,) for k, _, new in outcome.changes if new is None])
+            if self.filter is not None:
+                self.filter.note(c, h.height, [k for k, old, new in outcome.changes if old is None])
             self._write_meta(c, height=h.height, head=head, acc=acc, applied=raft_index)
             if conf_state is not None:
                 write_conf_state(c, conf_state, raft_index)

@@ -88,37 +88,38 @@ class BlockOutcome:
 
 
 class _Overlay:
-    """The view plus this block's writes; remembers each key's value before the block."""
-    __slots__ = ("view", "cur", "orig", "dec")
+    """The view plus this block's writes; remembers each key's value before the block.
+    A written value is encoded once, when the block's changes are listed (the rules put
+    fresh objects and never change one after putting it)."""
+    __slots__ = ("view", "orig", "dec", "dirty")
 
     def __init__(self, view: LedgerView) -> None:
         self.view = view
-        self.cur: dict[bytes, bytes | None] = {}
         self.orig: dict[bytes, bytes | None] = {}
         self.dec: dict[bytes, Any] = {}
+        self.dirty: set[bytes] = set()
 
     def get(self, key: bytes) -> Any:
         if key in self.dec:
             return self.dec[key]
-        if key in self.cur:
-            raw = self.cur[key]
-        else:
-            raw = self.view.get(key)
-            self.orig[key] = raw
-            self.cur[key] = raw
-        obj = None if raw is None else msgpack.unpackb(raw, raw=False)
-        self.dec[key] = obj
+        raw = self.orig[key] = self.view.get(key)
+        obj = self.dec[key] = None if raw is None else msgpack.unpackb(raw, raw=False)
         return obj
 
     def put(self, key: bytes, obj: Any) -> None:
-        if key not in self.cur:
+        if key not in self.dec:
             self.get(key)
-        self.cur[key] = None if obj is None else trusted_canonical_bytes(obj)
         self.dec[key] = obj
+        self.dirty.add(key)
 
     def changes(self) -> tuple[tuple[bytes, bytes | None, bytes | None], ...]:
-        return tuple((k, self.orig[k], v) for k, v in sorted(self.cur.items())
-                     if v != self.orig[k])
+        out = []
+        for k in sorted(self.dirty):
+            obj = self.dec[k]
+            new = None if obj is None else trusted_canonical_bytes(obj)
+            if new != self.orig[k]:
+                out.append((k, self.orig[k], new))
+        return tuple(out)
 
 
 @dataclass(slots=True)
