@@ -83,8 +83,9 @@ class TxRecord:
 
 class _BlockView:
     """What the rules read while one block is applied, fetched for the whole block: from
-    the store's cache of recent keys, then in a few queries (then per key, for anything
-    not foreseen). `hashes` holds the state-root entry of each cached value it knows."""
+    the store's cache of recent keys, then, for the keys its filter says may exist, in a
+    few queries (then per key, for anything not foreseen). `hashes` holds the state-root
+    entry of each cached value it knows."""
     __slots__ = ("store", "state", "hashes", "sns")
 
     def __init__(self, store: "LedgerStore", txs: list[Tx], sns: list[bytes]) -> None:
