@@ -16,25 +16,18 @@ Deleted keys stay in the filter until the next rebuild; they cost only a read.
 from __future__ import annotations
 
 import sqlite3
-import zlib
 from typing import Iterable
 
 import numpy as np
 
-from .bloom import Bloom
+from .bloom import Bloom, crc_keys
 
 CHECKPOINT = 128   # blocks between two writes of the whole filter
 _SCHEMA = "CREATE TABLE IF NOT EXISTS state_created (height INTEGER PRIMARY KEY, hashes BLOB NOT NULL)"
 
 
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
 def key_hashes(keys: list[bytes]) -> np.ndarray:
-    """A 64-bit hash of each key: its CRC-32 spread over 64 bits by a multiplication (a
-    filter needs no more; chosen keys can only cost reads)."""
-    crcs = np.fromiter(map(zlib.crc32, keys), np.uint64, len(keys))
-    return (crcs + np.uint64(1)) * _MIX
+    return crc_keys(keys, len(keys))
 
 
 class StateFilter:

@@ -1,7 +1,8 @@
 """Lookups of committed transactions by tx_id, by (signer, nonce) and by customer.
 
-Each lookup is a set of (key, seq) pairs, the key being the first 8 bytes of a hash, so
-keys land at random places. Inserting a block's worth of random keys into B-trees of
+Each lookup is a set of (key, seq) pairs, the key being a 64-bit hash (the first 8 bytes
+of the tx_id or of the nonce key, a spread CRC-32 of the customer id), so keys land at
+random places. Inserting a block's worth of random keys into B-trees of
 millions would dirty a page per key on every commit, and costs a Python-to-SQLite call
 per key. So this is a small log-structured merge tree of sorted runs, handled as arrays
 (numpy), never a key at a time:
@@ -33,12 +34,12 @@ from typing import Callable, Iterable, Iterator
 import msgpack
 import numpy as np
 
-from .bloom import Bloom
+from .bloom import Bloom, crc_keys
 from .sqlite import select_in, transaction
 
 NAMES = ("txid", "nonce", "subject")
 PART = 512          # keys per stored part of a run
-FORMAT = b"runs-1"   # the layout of the stored runs (an index in another layout is rebuilt)
+FORMAT = b"runs-2"   # the layout of the stored runs (an index in another layout is rebuilt)
 Fetch = Callable[[str, list[int]], list[tuple[int, object]]]
 _I8 = np.dtype("<i8")
 _BE8 = np.dtype(">i8")
@@ -55,8 +56,10 @@ def nonce_key(signer: str, nonce: str) -> bytes:
     return hashlib.sha256(signer.encode() + b"\x00" + nonce.encode()).digest()[:16]
 
 
-def subject_key(subject: str) -> int:
-    return short(hashlib.sha256(subject.encode()).digest())
+def subject_keys(subjects: list[str]) -> np.ndarray:
+    """The index keys of customers (confirmed against the stored blocks, so a cheap hash
+    does)."""
+    return crc_keys(map(str.encode, subjects), len(subjects)).view(_I8)
 
 
 def shorts(joined: bytes, width: int) -> np.ndarray:
@@ -128,9 +131,8 @@ class TxIndex:
         if "txid" in self.mem:
             self._hold("txid", shorts(ids, 32), seqs)
         if "subject" in self.mem:
-            keyed = {s: subject_key(s) for s in set(subjects) if s is not None}
             at = [i for i, s in enumerate(subjects) if s is not None]
-            self._hold("subject", np.array([keyed[subjects[i]] for i in at], _I8), seqs[at])
+            self._hold("subject", subject_keys([subjects[i] for i in at]), seqs[at])
 
     def _hold(self, name: str, keys: np.ndarray, seqs: np.ndarray) -> None:
         ks, ss = self.mem[name]
@@ -179,7 +181,7 @@ class TxIndex:
 
     def subject_seqs(self, subject: str, after: int, limit: int) -> list[int]:
         """Seqs of transactions touching `subject` after `after`, oldest first."""
-        seqs = sorted(s for s in self._candidates("subject", np.array([subject_key(subject)], _I8)) if s > after)
+        seqs = sorted(s for s in self._candidates("subject", subject_keys([subject])) if s > after)
         return [s for s, v in sorted(self.fetch("subject", seqs)) if v == subject][:limit]
 
     # -- writing ------------------------------------------------------------------------
