@@ -161,7 +161,10 @@ class TxIndex:
             los, his = np.searchsorted(lasts, keys, "left"), np.searchsorted(firsts, keys, "right")
             want += {_part_id(run, name, p) for lo, hi in zip(los.tolist(), his.tolist()) for p in range(lo, hi)}
         for pk, ps in select_in(self.conn, "SELECT keys, seqs FROM idx_parts WHERE id IN ({})", want):
-            seqs += np.frombuffer(ps, _I8)[np.isin(np.frombuffer(pk, _I8), keys)].tolist()
+            pk = np.frombuffer(pk, _I8)   # sorted
+            los, his = np.searchsorted(pk, keys, "left"), np.searchsorted(pk, keys, "right")
+            ps = np.frombuffer(ps, _I8)
+            seqs += [s for lo, hi in zip(los.tolist(), his.tolist()) if hi > lo for s in ps[lo:hi].tolist()]
         return seqs
 
     # -- lookups ----------------------------------------------------------------------
