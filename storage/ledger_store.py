@@ -14,6 +14,7 @@ one block and the bounded caches in memory, so memory does not grow with the cha
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 import struct
 from collections import defaultdict
@@ -45,6 +46,8 @@ CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS state (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 """
+_log = logging.getLogger("crmledger.storage")
+_SAY_AFTER = 1000   # blocks: reading more back on open is reported as it goes
 FORMAT = b"2"   # 2: a block is one row (1: a row per transaction)
 POS_BITS = 20  # up to a million transactions per block
 POS_MASK = (1 << POS_BITS) - 1
@@ -161,10 +164,14 @@ class LedgerStore:
         # the blocks after the last merge (all of them, when the index is rebuilt), a
         # page at a time
         after = self.index.merged >> POS_BITS
+        if self.height - after > _SAY_AFTER:
+            _log.info("reading the transaction index back from blocks %d to %d", after + 1, self.height)
         while rows := conn.execute("SELECT height, ids, sns, subjects FROM blocks WHERE height > ? "
                                    "ORDER BY height LIMIT 256", (after,)).fetchall():
             for after, ids, sns, subjects in rows:
                 self.index.note_block(seq_of(after, 0), ids, sns, msgpack.unpackb(subjects))
+            if self.height - (self.index.merged >> POS_BITS) > _SAY_AFTER:
+                _log.info("  transaction index: %d/%d blocks", after, self.height)
 
     # -- reading ---------------------------------------------------------------------------
     @property

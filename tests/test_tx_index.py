@@ -114,7 +114,7 @@ def test_a_nonce_only_index_finds_duplicates_and_refuses_other_lookups(tmp_path)
     assert conn.execute("SELECT count(*) FROM idx_parts WHERE (id >> 32) & 3 != 1").fetchone() == (0,)
 
 
-def test_an_index_in_an_older_layout_is_rebuilt_from_the_blocks(tmp_path, monkeypatch):
+def test_an_index_in_an_older_layout_is_rebuilt_from_the_blocks(tmp_path, monkeypatch, caplog):
     from functools import partial
     from storage.datadir import open_data_dir
     from tests.ledger_kit import GENESIS, Chain, key, tx
@@ -133,7 +133,10 @@ def test_an_index_in_an_older_layout_is_rebuilt_from_the_blocks(tmp_path, monkey
     c.execute("DELETE FROM ledger_meta WHERE k LIKE 'idx_%'")
     c.executemany("INSERT INTO ledger_meta VALUES (?, ?)", [("idx_merged", b"99"), ("idx_levels", b"\x91\x01")])
     c.close()
-    d = open_data_dir(tmp_path / "n")
+    monkeypatch.setattr("storage.ledger_store._SAY_AFTER", 2)
+    with caplog.at_level("INFO", logger="crmledger.storage"):
+        d = open_data_dir(tmp_path / "n")
+    assert "reading the transaction index back from blocks 1 to 6" in caplog.text   # progress on long work
     assert d.ledger.index.runs and d.ledger.index.merged > 99
     assert [d.ledger.tx_record(t).height for t in ids] == [1] * 20 + [4] * 20 + [6] * 20
     assert [h for h, *_ in d.ledger.history("c3-7")] == [4]
