@@ -163,7 +163,7 @@ class LedgerStore:
         self.index = TxIndex(conn, self._fetch, names=NAMES if keep_bodies else ("nonce",))
         # the blocks after the last merge (all of them, when the index is rebuilt), a
         # page at a time
-        after = self.index.merged >> POS_BITS
+        after = max(self.index.merged >> POS_BITS, 0)
         if self.height - after > _SAY_AFTER:
             _log.info("reading the transaction index back from blocks %d to %d", after + 1, self.height)
         while rows := conn.execute("SELECT height, ids, sns, subjects FROM blocks WHERE height > ? "
