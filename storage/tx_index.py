@@ -94,7 +94,8 @@ class TxIndex:
         # (name, run) -> first and last key of each part
         self.fences: dict[tuple[str, int], Chunk] = {}
         if self.runs:
-            rows = np.array(conn.execute("SELECT id, first, last FROM idx_parts ORDER BY id").fetchall(), np.int64)
+            rows = np.array(conn.execute("SELECT id, first, last FROM idx_parts ORDER BY id").fetchall(),
+                            np.int64).reshape(-1, 3)
             for run, _ in self.runs:
                 for name in names:
                     lo = np.searchsorted(rows[:, 0], _part_id(run, name, 0))
