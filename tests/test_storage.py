@@ -147,9 +147,14 @@ def test_ledger_reopens_where_it_stopped(tmp_path):
 # -- kill -9 at random moments while a process appends --------------------------------------
 WRITER = r"""
 import sys
+from functools import partial
 from consensus import Entry, HardState, bootstrap_snapshot
+import storage.ledger_store, storage.state_filter
 from storage.datadir import open_data_dir
 from tests.ledger_kit import GENESIS, Chain, key, tx
+# small enough that index merges and state-filter checkpoints happen between the kills
+storage.state_filter.CHECKPOINT = 4
+storage.ledger_store.TxIndex = partial(storage.ledger_store.TxIndex, merge_at=400)
 d = open_data_dir(sys.argv[1], GENESIS)
 if d.raft.last_index() == 0:
     d.raft.bootstrap(bootstrap_snapshot([1, 2, 3]), HardState(term=2))
@@ -161,10 +166,14 @@ b = d.ledger.height
 while True:
     txs = [tx(a1, "customer.register", "org1", nonce=f"{b}-{i}", customer_id=f"c{b}-{i}", customer_key=None,
               profile_hash="ab" * 32) for i in range(50)]
+    # a customer of the previous block again: found, whatever was lost to a kill
+    txs.append(tx(a1, "customer.register", "org1", nonce=f"{b}-again", customer_id=f"c{max(b - 1, 0)}-7",
+                  customer_key=None, profile_hash="ab" * 32))
     blk = ch.block(txs)
     d.raft.save(HardState(2, 1, blk.header.index), [Entry(2, blk.header.index, blk.encode())])
     out = d.ledger.apply_block(blk, txs, blk.header.index)
     assert not isinstance(out, str), out
+    assert [r.code for r in out.results] == ["valid"] * 50 + ["customer_exists"], b
     b += 1
 """
 
@@ -176,20 +185,21 @@ def test_kill_9_leaves_whole_blocks_and_verify_passes(tmp_path):
     heights = []
     for round_ in range(6):
         p = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "n")], env=env,
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert p.stdout.readline().strip() == "ready"
             time.sleep(rng.uniform(0.05, 0.6))  # let it run to a random point, then kill it
         finally:
             p.send_signal(signal.SIGKILL)
             p.wait()
+        assert p.returncode == -signal.SIGKILL, p.stderr.read()   # it was writing when killed
         d = open_data_dir(tmp_path / "n")
         led = d.ledger
         # all of a block or none of it: the block rows, their transactions, the state and
         # the applied index agree with each other
         n_blocks = led.conn.execute("SELECT COUNT(*), COALESCE(MAX(height), 0) FROM blocks").fetchone()
         assert n_blocks == (led.height, led.height)
-        assert led.conn.execute("SELECT COALESCE(SUM(length(codes)), 0) FROM blocks").fetchone()[0] == 50 * led.height
+        assert led.conn.execute("SELECT COALESCE(SUM(length(codes)), 0) FROM blocks").fetchone()[0] == 51 * led.height
         assert led.conn.execute("SELECT COUNT(*) FROM state").fetchone()[0] == 50 * led.height
         assert d.raft.last_index() >= led.applied_index
         heights.append(led.height)
