@@ -95,7 +95,7 @@ class _BlockView:
         self.store = store
         cache = store.cache
         self.state: dict[bytes, bytes | None] = {}
-        self.hashes: dict[bytes, int] = {}
+        self.hashes: dict[bytes, bytes] = {}
         missing = []
         for k in {k for tx in txs for k in keys_for(tx)}:
             hit = cache.get(k)
@@ -285,7 +285,7 @@ class LedgerStore:
         sns_joined = b"".join(sns)
         view = _BlockView(self, txs, sns)
         outcome = apply_block(self.genesis, view, txs, height=h.height, timestamp=h.timestamp)
-        new_hashes: dict[bytes, int] = {}
+        new_hashes: dict[bytes, bytes] = {}
         acc = stateroot.update(self.acc, outcome.changes, view.hashes, new_hashes)
         head = h.hash()
         subjects = [r.subject for r in outcome.results]
@@ -296,12 +296,16 @@ class LedgerStore:
                 ids, sns_joined, bytes([CODE_NUM[r.code] for r in outcome.results]),
                 msgpack.packb(subjects), struct.pack(f">{len(bodies)}I", *accumulate(map(len, bodies))),
                 b"".join(bodies)))
-            c.executemany("INSERT INTO state VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
-                          [(k, new) for k, _, new in outcome.changes if new is not None])
+            # a key read as absent is inserted (were it there after all, the block fails
+            # loudly rather than overwrite it)
+            created = [(k, new) for k, old, new in outcome.changes if old is None]
+            c.executemany("INSERT INTO state VALUES (?, ?)", created)
+            c.executemany("UPDATE state SET v=? WHERE k=?",
+                          [(new, k) for k, old, new in outcome.changes if old is not None and new is not None])
             c.executemany("DELETE FROM state WHERE k=?",
                           [(k,) for k, _, new in outcome.changes if new is None])
             if self.filter is not None:
-                self.filter.note(c, h.height, [k for k, old, new in outcome.changes if old is None])
+                self.filter.note(c, h.height, [k for k, _ in created])
             self._write_meta(c, height=h.height, head=head, acc=acc, applied=raft_index)
             if conf_state is not None:
                 write_conf_state(c, conf_state, raft_index)

@@ -7,7 +7,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from node.ledger.canonical import EncodingError, canonical_bytes, unpack_strict
+from node.ledger.canonical import EncodingError, canonical_bytes, trusted_canonical_bytes, unpack_strict
 from node.ledger.keys import SigningKey, verify, verify_with_cryptography
 from node.ledger.tx import TxError, admit, decode_tx, parse_envelope, sign_tx
 
@@ -122,6 +122,13 @@ def test_json_and_msgpack_give_the_same_tx_id(extra):
     # and any value allowed by SPEC §2 encodes canonically, whatever the key order
     shuffled = dict(reversed(list(extra.items())))
     assert canonical_bytes(extra) == canonical_bytes(shuffled)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_json_values)
+def test_trusted_encoding_of_world_state_values_is_canonical(value):
+    assert trusted_canonical_bytes(value) == canonical_bytes(value)
+    assert trusted_canonical_bytes({"b": value, "a": [value]}) == canonical_bytes({"a": [value], "b": value})
 
 
 def test_both_ed25519_libraries_agree():

@@ -13,34 +13,53 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable
 
+import numpy as np
+
 BITS = 4096
 NBYTES = BITS // 8
 MASK = (1 << BITS) - 1
 _DOMAIN = b"crmledger/state/v1"
 
 
+def entry(key: bytes, value: bytes) -> bytes:
+    """h(k, v) as NBYTES big-endian bytes."""
+    return hashlib.shake_256(_DOMAIN + len(key).to_bytes(4, "big") + key + value).digest(NBYTES)
+
+
 def entry_hash(key: bytes, value: bytes) -> int:
-    h = hashlib.shake_256(_DOMAIN + len(key).to_bytes(4, "big") + key + value).digest(NBYTES)
-    return int.from_bytes(h, "big")
+    return int.from_bytes(entry(key, value), "big")
+
+
+def _total(entries: list[bytes]) -> int:
+    """The sum of entries, in one pass over all of them: their 32-bit limbs summed in
+    64-bit columns (exact for fewer than 2^32 entries), then the columns carried."""
+    if not entries:
+        return 0
+    cols = np.frombuffer(b"".join(entries), ">u4").reshape(len(entries), NBYTES // 4).sum(axis=0, dtype=np.uint64)
+    low = (cols & np.uint64(0xFFFFFFFF)).astype(">u4").tobytes()
+    high = (cols >> np.uint64(32)).astype(">u4").tobytes()
+    return int.from_bytes(low, "big") + (int.from_bytes(high, "big") << 32)
 
 
 def update(acc: int, changes: Iterable[tuple[bytes, bytes | None, bytes | None]],
-           known: dict[bytes, int] | None = None, added: dict[bytes, int] | None = None) -> int:
+           known: dict[bytes, bytes] | None = None, added: dict[bytes, bytes] | None = None) -> int:
     """`acc` after changing each key from `old` to `new` (None: absent). `known` may hold
     the entry of a key's old value, computed when it was added; the entries added are
     put in `added`."""
+    plus: list[bytes] = []
+    minus: list[bytes] = []
     for key, old, new in changes:
         if old == new:
             continue
         if old is not None:
             h = known.get(key) if known else None
-            acc -= entry_hash(key, old) if h is None else h
+            minus.append(entry(key, old) if h is None else h)
         if new is not None:
-            h = entry_hash(key, new)
+            h = entry(key, new)
             if added is not None:
                 added[key] = h
-            acc += h
-    return acc & MASK
+            plus.append(h)
+    return (acc + _total(plus) - _total(minus)) & MASK
 
 
 def root_hex(acc: int) -> str:
