@@ -15,8 +15,6 @@ import numpy as np
 MIN_BITS = 1 << 16
 MAX_BITS = 1 << 27
 _U32, _ONE, _SEVEN, _THREE = np.uint64(32), np.uint64(1), np.uint64(7), np.uint64(3)
-
-
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -81,9 +79,6 @@ class Bloom:
             np.bitwise_or.at(self.bits, h >> _THREE, np.left_shift(np.uint8(1), (h & _SEVEN).astype(np.uint8)))
             n = len(h)
         self.count += n
-
-    def copy(self) -> "Bloom":
-        return Bloom(self.bits.copy(), self.count)
 
     def to_bytes(self) -> bytes:
         return self.count.to_bytes(8, "big") + self.bits.tobytes()

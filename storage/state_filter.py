@@ -33,7 +33,6 @@ def key_hashes(keys: list[bytes]) -> np.ndarray:
 class StateFilter:
     def __init__(self, conn: sqlite3.Connection, height: int, initial: int = 50_000) -> None:
         """For a writable store at `height`."""
-        self.conn = conn
         self.initial = initial
         conn.execute(_SCHEMA)
         meta = dict(conn.execute("SELECT k, v FROM ledger_meta WHERE k IN ('state_filter', 'state_filter_height')"))

@@ -72,6 +72,19 @@ def _part_id(run: int, name: str, part: int) -> int:
     return (run << 34) | (NAMES.index(name) << 32) | part
 
 
+def _part_ids(run: int, name: str) -> tuple[int, int]:
+    """The first and last row id a run's parts for one lookup can have."""
+    return _part_id(run, name, 0), _part_id(run, name, (1 << 32) - 1)
+
+
+def _spans(lasts: np.ndarray, firsts: np.ndarray, keys: np.ndarray) -> list[tuple[int, int]]:
+    """For each key, the positions [lo, hi) of the sorted ranges (given by their last
+    and first keys, in order) that can hold it, where there are any. For a sorted array
+    of keys, pass it as both: the span is where the key occurs."""
+    los, his = np.searchsorted(lasts, keys, "left"), np.searchsorted(firsts, keys, "right")
+    return [(lo, hi) for lo, hi in zip(los.tolist(), his.tolist()) if hi > lo]
+
+
 class TxIndex:
     def __init__(self, conn: sqlite3.Connection, fetch: Fetch, merge_at: int = 50_000, ratio: int = 8,
                  names: tuple[str, ...] = NAMES) -> None:
@@ -98,8 +111,8 @@ class TxIndex:
                             np.int64).reshape(-1, 3)
             for run, _ in self.runs:
                 for name in names:
-                    lo = np.searchsorted(rows[:, 0], _part_id(run, name, 0))
-                    hi = np.searchsorted(rows[:, 0], _part_id(run, name, (1 << 32) - 1), "right")
+                    first_id, last_id = _part_ids(run, name)
+                    lo, hi = np.searchsorted(rows[:, 0], first_id), np.searchsorted(rows[:, 0], last_id, "right")
                     if hi > lo:
                         self.fences[(name, run)] = (rows[lo:hi, 1].copy(), rows[lo:hi, 2].copy())
         # in memory: a block's keys and seqs per lookup, appended
@@ -159,13 +172,10 @@ class TxIndex:
             if (name, run) not in self.fences:
                 continue
             firsts, lasts = self.fences[(name, run)]
-            los, his = np.searchsorted(lasts, keys, "left"), np.searchsorted(firsts, keys, "right")
-            want += {_part_id(run, name, p) for lo, hi in zip(los.tolist(), his.tolist()) for p in range(lo, hi)}
+            want += {_part_id(run, name, p) for lo, hi in _spans(lasts, firsts, keys) for p in range(lo, hi)}
         for pk, ps in select_in(self.conn, "SELECT keys, seqs FROM idx_parts WHERE id IN ({})", want):
-            pk = np.frombuffer(pk, _I8)   # sorted
-            los, his = np.searchsorted(pk, keys, "left"), np.searchsorted(pk, keys, "right")
-            ps = np.frombuffer(ps, _I8)
-            seqs += [s for lo, hi in zip(los.tolist(), his.tolist()) if hi > lo for s in ps[lo:hi].tolist()]
+            pk, ps = np.frombuffer(pk, _I8), np.frombuffer(ps, _I8)
+            seqs += [s for lo, hi in _spans(pk, pk, keys) for s in ps[lo:hi].tolist()]
         return seqs
 
     # -- lookups ----------------------------------------------------------------------
@@ -213,8 +223,7 @@ class TxIndex:
                 for name in self.names:
                     self._write(c, name, new, self._merged(c, name, full, fences), fences)
                     for r in full:
-                        c.execute("DELETE FROM idx_parts WHERE id BETWEEN ? AND ?",
-                                  (_part_id(r, name, 0), _part_id(r, name, (1 << 32) - 1)))
+                        c.execute("DELETE FROM idx_parts WHERE id BETWEEN ? AND ?", _part_ids(r, name))
                         fences.pop((name, r), None)
                 runs = [(r, lvl) for r, lvl in runs if lvl != level] + [(new, level + 1)]
                 level += 1

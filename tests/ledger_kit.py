@@ -36,6 +36,13 @@ def tx(signer: SigningKey, type_: str, org: str, ts: int = T0, nonce: str | None
     return admit(sign_tx(signer, type_, org, nonce or f"n{next(_nonce)}", ts, payload))
 
 
+def registrations(cids, org: str = "org1") -> list[Tx]:
+    """Registrations by the org's admin of customers without keys of their own."""
+    admin = key(f"{org}-admin")
+    return [tx(admin, "customer.register", org, customer_id=c, customer_key=None, profile_hash="ab" * 32)
+            for c in cids]
+
+
 class Chain:
     """Builds block after block on top of a store, as a leader would."""
 

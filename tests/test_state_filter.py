@@ -11,18 +11,16 @@ from node.ledger import stateroot
 from storage.ledger_store import LedgerStore
 from storage.sqlite import connect
 from storage.state_filter import StateFilter, key_hashes
-from tests.ledger_kit import GENESIS, Chain, key, tx
+from tests.ledger_kit import GENESIS, Chain, key, registrations, tx
 
 
 def _blocks(rng, n_blocks):
     a1 = key("org1-admin")
     known: list[str] = []
     for b in range(n_blocks):
-        txs = []
-        for i in range(rng.randrange(2, 7)):
-            cid = f"c{b}-{i}"
-            txs.append(tx(a1, "customer.register", "org1", customer_id=cid, customer_key=None, profile_hash="ab" * 32))
-            known.append(cid)
+        new = [f"c{b}-{i}" for i in range(rng.randrange(2, 7))]
+        txs = registrations(new)
+        known += new
         for cid in rng.sample(known, min(4, len(known))):
             kind = rng.randrange(4)
             if kind == 0:   # exists already: only a filter that misses it would let this through
@@ -72,9 +70,7 @@ def test_reads_through_the_filter_give_the_same_ledger(tmp_path, monkeypatch):
 
 def test_keys_never_written_are_mostly_known_absent(tmp_path):
     store = LedgerStore(connect(tmp_path / "f.db"), GENESIS)
-    a1 = key("org1-admin")
-    Chain(store).commit([tx(a1, "customer.register", "org1", customer_id=f"c{i}", customer_key=None,
-                            profile_hash="ab" * 32) for i in range(300)])
+    Chain(store).commit(registrations(f"c{i}" for i in range(300)))
     absent = [b"cu/" + f"x{i}".encode() for i in range(5000)]
     assert len(store.filter.may_exist(absent)) < 0.01 * len(absent)
     assert len(set(key_hashes(absent).tolist())) == len(absent)
@@ -85,20 +81,16 @@ def test_a_store_without_a_stored_filter_builds_one_from_its_state(tmp_path, reo
     """As a store written before the filter existed."""
     path = tmp_path / "f.db"
     store = LedgerStore(connect(path), GENESIS)
-    a1 = key("org1-admin")
     chain = Chain(store)
-    chain.commit([tx(a1, "customer.register", "org1", customer_id=f"c{i}", customer_key=None,
-                     profile_hash="ab" * 32) for i in range(20)])
+    chain.commit(registrations(f"c{i}" for i in range(20)))
     store.conn.execute("DELETE FROM ledger_meta WHERE k LIKE 'state_filter%'")
     store.conn.execute("DROP TABLE state_created")
     store.conn.close()
     store = LedgerStore(connect(path), GENESIS, cache_keys=2)
     chain.store = store
-    assert chain.commit([tx(a1, "customer.register", "org1", customer_id="c3", customer_key=None,
-                            profile_hash="ab" * 32)]) == ["customer_exists"]
+    assert chain.commit(registrations(["c3"])) == ["customer_exists"]
     if reopen:   # the first block wrote the filter it built
         store.conn.close()
         store = LedgerStore(connect(path), GENESIS, cache_keys=2)
         chain.store = store
-    assert chain.commit([tx(a1, "customer.register", "org1", customer_id="c7", customer_key=None,
-                            profile_hash="ab" * 32)]) == ["customer_exists"]
+    assert chain.commit(registrations(["c7"])) == ["customer_exists"]

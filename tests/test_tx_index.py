@@ -117,14 +117,12 @@ def test_a_nonce_only_index_finds_duplicates_and_refuses_other_lookups(tmp_path)
 def test_an_index_in_an_older_layout_is_rebuilt_from_the_blocks(tmp_path, monkeypatch, caplog):
     from functools import partial
     from storage.datadir import open_data_dir
-    from tests.ledger_kit import GENESIS, Chain, key, tx
+    from tests.ledger_kit import GENESIS, Chain, registrations
     monkeypatch.setattr("storage.ledger_store.TxIndex", partial(TxIndex, merge_at=100))   # merges as it rebuilds
     d = open_data_dir(tmp_path / "n", GENESIS)
     ch = Chain(d.ledger)
-    a1 = key("org1-admin")
     for b in range(6):
-        ch.commit([tx(a1, "customer.register", "org1", customer_id=f"c{b}-{i}", customer_key=None,
-                      profile_hash="ab" * 32) for i in range(20)])
+        ch.commit(registrations(f"c{b}-{i}" for i in range(20)))
     ids = [t for h in (1, 4, 6) for t, _, _ in d.ledger.block_txs(h)]
     d.close()
     c = connect(tmp_path / "n" / "ledger.db")

@@ -12,7 +12,7 @@ import pytest
 
 from node.verify import verify
 from storage.datadir import open_data_dir
-from tests.ledger_kit import GENESIS, Chain, key, tx
+from tests.ledger_kit import GENESIS, Chain, key, registrations, tx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,8 +27,7 @@ def honest(tmp_path_factory):
     ch.commit([tx(a1, "customer.register", "org1", customer_id="c", customer_key=ck.public_hex,
                   profile_hash="ab" * 32)])
     for b in range(12):
-        ch.commit([tx(a1, "customer.register", "org1", customer_id=f"c{b}-{i}", customer_key=None,
-                      profile_hash="ab" * 32) for i in range(10)]
+        ch.commit(registrations(f"c{b}-{i}" for i in range(10))
                   + [tx(a1, "loyalty.issue", "org1", customer_id="c", program="p", amount=5),
                      tx(ck, "loyalty.redeem", "", customer_id="c", program="p", amount=7)])
     d.close()
