@@ -94,3 +94,17 @@ def test_a_store_without_a_stored_filter_builds_one_from_its_state(tmp_path, reo
         store = LedgerStore(connect(path), GENESIS, cache_keys=2)
         chain.store = store
     assert chain.commit(registrations(["c7"])) == ["customer_exists"]
+
+
+def test_a_key_read_as_absent_that_exists_fails_the_block_instead_of_overwriting(tmp_path):
+    import sqlite3
+    from storage.cache import RecentCache
+    store = LedgerStore(connect(tmp_path / "f.db"), GENESIS, cache_keys=2)
+    chain = Chain(store)
+    chain.commit(registrations(["c1"]))
+    before = list(store.iter_state())
+    store.cache = RecentCache(2)
+    store.filter.may_exist = lambda keys: []   # a filter that misses a key that exists
+    with pytest.raises(sqlite3.IntegrityError):
+        chain.commit(registrations(["c1"]))
+    assert store.height == 1 and list(store.iter_state()) == before
