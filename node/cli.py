@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--transactions", type=int, default=1_000_000)
     s.add_argument("--block", type=int, default=500, help="transactions per block")
     s.add_argument("--workdir", default=None, help="where to build the chain (default: a temporary folder)")
+    s.add_argument("--runs", type=int, default=3, help="appends and audits of the chain (the median is printed)")
     n = sub.add_parser("node", help="run one node in the foreground")
     n.add_argument("--config", required=True, help="the node's TOML file")
     i = sub.add_parser("init", help="create genesis, keys, certificates and node configs for a local consortium")
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_store import run as run_store
         if a.transactions < a.block or a.block <= 0:
             ap.error("need --transactions >= --block > 0")
-        run_store(a.transactions, a.block, workdir=a.workdir)
+        if a.runs <= 0:
+            ap.error("--runs must be positive")
+        run_store(a.transactions, a.block, workdir=a.workdir, runs=a.runs)
         return 0
     if a.cmd in ("status", "keygen", "submit"):
         from . import client
