@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,3 +25,10 @@ def test_bench_store_runs_and_prints_each_figure(tmp_path):
     # each figure is printed beside both runs' own: "median [run 1, run 2]"
     assert re.search(r"append +[\d,]+ tx/s of CPU \[[\d,]+, [\d,]+\]", text), text
     assert not list((tmp_path / "w").glob("run*")), "each run's store is removed after it is measured"
+
+
+def test_bench_store_refuses_a_run_count_below_one(capsys):
+    from node.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["bench-store", "--runs", "0"])
+    assert e.value.code == 2 and "--runs must be positive" in capsys.readouterr().err
