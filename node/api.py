@@ -1,28 +1,44 @@
 """The HTTP API (SPEC §4) on aiohttp. Every error is JSON {"error", "detail"}; no input
-gives a 500: bodies are size-limited and decoded strictly, and handlers only read the
-ledger or hand transactions to the node."""
+gives a 500: bodies are size-limited, read within a time limit and decoded strictly, and
+handlers only read the ledger or hand transactions to the node. The event loop that
+serves them also drives Raft, so no handler does unbounded work on it: reads that decode
+many stored transactions are paged and run in a reader thread (node.reader)."""
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
+import msgpack
 from aiohttp import web
 
+from node.admission import Refused
+from node.httpguard import GUARD, ConnectionGuard, guard_requests, guard_sweeper
 from node.ledger.canonical import EncodingError, unpack_strict
 from node.ledger.rules import k_customer, k_ticket
-from node.ledger.tx import TxError, admit, decode_tx
+from node.ledger.tx import TxError, admit
 from node.mempool import MempoolFull
 from node.openapi import OPENAPI
+from node.reader import ReadersBusy
 from node.runtime import Node
+from storage.ledger_store import POS_BITS, LedgerStore, seq_of
 
 NODE = web.AppKey("node", Node)
 MAX_BODY = 8 << 20
 MAX_BATCH = 5000
+PAGE_DEFAULT, PAGE_MAX = 100, 1000   # history entries per page
+REPLAY_CHUNK = 64                    # blocks an event stream replays per reader call
+_UINT = re.compile(r"[0-9]{1,18}\Z")  # ASCII digits only: str.isdigit() also takes "²"
+_CURSOR = re.compile(r"([0-9]{1,18})\.([0-9]{1,7})\Z")
 
 
 def error(status: int, code: str, detail: str, headers: dict | None = None) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+def _bad_request(code: str, detail: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": code, "detail": detail}), content_type="application/json")
 
 
 @web.middleware
@@ -33,20 +49,39 @@ async def json_errors(request: web.Request, handler):
         if e.content_type == "application/json":
             raise
         return error(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+    except ReadersBusy:
+        request.app[NODE].metrics.reads_refused.inc()
+        return error(503, "busy", "too many heavy reads at once on this node", {"Retry-After": "1"})
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {dup!r} appears twice in one object")
+    return out
+
+
+def loads_strict(raw: bytes):
+    """JSON as a transaction may be sent: an object with a key twice is refused (two
+    parsers could read two different bodies under one signature)."""
+    return json.loads(raw, object_pairs_hook=_unique_keys)
 
 
 async def _body(request: web.Request):
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise
+        raw = await asyncio.wait_for(request.read(), request.app[NODE].cfg.limits.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise web.HTTPRequestTimeout(text=json.dumps({"error": "timeout", "detail": "the body came too slowly"}),
+                                     content_type="application/json") from None
     ctype = request.content_type
     try:
         if ctype == "application/msgpack":
             return unpack_strict(raw, MAX_BODY)
         if ctype in ("application/json", "", "application/octet-stream", "text/plain",
                      "application/x-www-form-urlencoded"):  # what curl -d sends without -H
-            return json.loads(raw)
+            return loads_strict(raw)
     except (EncodingError, ValueError, UnicodeDecodeError, RecursionError) as e:
         raise web.HTTPBadRequest(text=json.dumps({"error": "malformed", "detail": f"cannot decode body: {e}"}),
                                  content_type="application/json") from None
@@ -61,20 +96,35 @@ def _unavailable(node: Node) -> web.Response | None:
     return None
 
 
-def _result(node: Node, obj) -> tuple[int, dict]:
+def _parse(node: Node, obj) -> tuple[int, dict] | object:
+    """The checked transaction, or the refusal (status, body)."""
     try:
-        tx = admit(obj)
+        return admit(obj)
     except TxError as e:
         node.metrics.tx_rejected.labels(reason=e.code).inc()
         return 400, {"error": e.code, "detail": e.detail}
+
+
+def _admit(node: Node, tx, client: str | None) -> tuple[int, dict]:
     try:
-        state = node.admit(tx)
+        state = node.admit(tx, client)
+    except Refused as e:
+        node.metrics.tx_rejected.labels(reason=e.code).inc()
+        body = {"error": e.code, "detail": e.detail, "tx_id": tx.tx_id}
+        if e.retry_after is not None:
+            body["retry_after"] = e.retry_after
+        return e.status, body
     except MempoolFull:
         node.metrics.tx_rejected.labels(reason="mempool_full").inc()
-        return 503, {"error": "overloaded", "detail": "the mempool is full", "tx_id": tx.tx_id}
+        return 503, {"error": "overloaded", "detail": "the mempool is full", "tx_id": tx.tx_id, "retry_after": 1}
     if state == "committed":
         return 409, {"error": "already_committed", "detail": "this transaction is committed", "tx_id": tx.tx_id}
     return 202, {"tx_id": tx.tx_id, "status": "pending"}
+
+
+def _result(node: Node, obj, client: str | None) -> tuple[int, dict]:
+    tx = _parse(node, obj)
+    return tx if type(tx) is tuple else _admit(node, tx, client)
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -91,9 +141,9 @@ async def submit(request: web.Request) -> web.Response:
             raise ValueError
     except ValueError:
         return error(400, "bad_query", "timeout must be a number of seconds in (0, 300]")
-    status, body = _result(node, obj)
-    if status == 503:
-        return web.json_response(body, status=503, headers={"Retry-After": "1"})
+    status, body = _result(node, obj, request.remote)
+    if "retry_after" in body:
+        return web.json_response(body, status=status, headers={"Retry-After": str(body["retry_after"])})
     if status != 202 or wait is None:
         return web.json_response(body, status=status)
     t0 = time.monotonic()
@@ -119,9 +169,12 @@ async def submit_batch(request: web.Request) -> web.Response:
     obj = await _body(request)
     if type(obj) is not list or len(obj) > MAX_BATCH:
         return error(400, "malformed", f"a batch is a list of at most {MAX_BATCH} envelopes")
+    # every envelope is decoded and checked before any is admitted, and each gets its own
+    # answer: a bad one never leaves the ones before it admitted and unreported
+    parsed = [_parse(node, env) for env in obj]
     out = []
-    for env in obj:
-        status, body = _result(node, env)
+    for p in parsed:
+        status, body = p if type(p) is tuple else _admit(node, p, request.remote)
         out.append({"status_code": status, **body})
     return web.json_response(out, status=202)
 
@@ -139,19 +192,26 @@ async def tx_status(request: web.Request) -> web.Response:
     return web.json_response({"tx_id": tx_id, "status": status, "height": None, "valid": None, "code": None})
 
 
-def _block_json(node: Node, height: int, full: bool) -> dict | None:
-    got = node.dd.ledger.block_header(height)
+def _block_json(store: LedgerStore, height: int, full: bool) -> dict | None:
+    """A block as the API shows it (run by a reader thread)."""
+    got = store.block_header(height)
     if got is None:
         return None
     header, sig, hash_ = got
-    body = node.dd.ledger.block_txs(height)
+    body = store.block_txs(height)
     out = {"height": header.height, "hash": hash_, "prev_hash": header.prev_hash, "tx_root": header.tx_root,
            "state_root": header.state_root, "timestamp": header.timestamp, "proposer": header.proposer,
            "term": header.term, "index": header.index, "sig": sig.hex(), "txs": [t for t, _, _ in body]}
     if full:
-        out["envelopes"] = [decode_tx(env).envelope() for _, _, env in body]
+        # stored envelopes were checked on the way in: unpacked, not checked again
+        out["envelopes"] = [msgpack.unpackb(env, raw=False) for _, _, env in body]
         out["results"] = [code for _, code, _ in body]
     return out
+
+
+def _block_bytes(store: LedgerStore, height: int, full: bool) -> bytes | None:
+    out = _block_json(store, height, full)
+    return None if out is None else json.dumps(out).encode()
 
 
 async def block(request: web.Request) -> web.Response:
@@ -159,14 +219,14 @@ async def block(request: web.Request) -> web.Response:
     h = request.match_info["height"]
     if h == "latest":
         height = node.dd.ledger.height
-    elif h.isdigit() and len(h) < 19:
+    elif _UINT.match(h):
         height = int(h)
     else:
         return error(400, "bad_height", "a height is a non-negative integer or 'latest'")
-    out = _block_json(node, height, request.query.get("full") in ("1", "true"))
+    out = await node.reader.run(_block_bytes, height, request.query.get("full") in ("1", "true"))
     if out is None:
         return error(404, "not_found", f"no block at height {height}")
-    return web.json_response(out)
+    return web.Response(body=out, content_type="application/json")
 
 
 async def status(request: web.Request) -> web.Response:
@@ -184,15 +244,39 @@ async def customer(request: web.Request) -> web.Response:
                               "customer_key": rec["key"], "erased": rec["erased"], "consents": consents})
 
 
+def _history_page(store: LedgerStore, cid: str, candidates, after: int | None, descending: bool,
+                  limit: int) -> bytes:
+    """One page of a customer's history as JSON (run by a reader thread)."""
+    rows, more = store.history_page(cid, candidates, after=after, descending=descending, limit=limit)
+    items = [{"height": e.height, "position": e.pos, "timestamp": e.timestamp, "tx_id": e.tx_id, "code": e.code,
+              "type": msgpack.unpackb(e.envelope, raw=False)["body"]["type"]} for e in rows]
+    nxt = f"{rows[-1].height}.{rows[-1].pos}" if more else None
+    return json.dumps({"customer_id": cid, "order": "desc" if descending else "asc", "history": items,
+                       "next": nxt}).encode()
+
+
 async def history(request: web.Request) -> web.Response:
+    """The audit trail, a page at a time: `order` asc (oldest first, the default) or
+    desc, `limit` entries (default 100, at most 1000), `after` the `next` cursor of the
+    page before ("HEIGHT.POSITION"): the entries strictly after it in that order."""
     node = request.app[NODE]
     cid = request.match_info["customer_id"]
-    items = []
-    for height, pos, tx_id, code, env in node.dd.ledger.history(cid, limit=10_000):
-        hdr = node.dd.ledger.block_header(height)
-        items.append({"height": height, "position": pos, "timestamp": hdr[0].timestamp if hdr else None,
-                      "tx_id": tx_id, "code": code, "type": decode_tx(env).type})
-    return web.json_response({"customer_id": cid, "history": items})
+    q = request.query
+    order = q.get("order", "asc")
+    if order not in ("asc", "desc"):
+        return error(400, "bad_query", "order is 'asc' (oldest first) or 'desc' (newest first)")
+    limit = q.get("limit", str(PAGE_DEFAULT))
+    if not _UINT.match(limit) or not 1 <= int(limit) <= PAGE_MAX:
+        return error(400, "bad_query", f"limit is an integer from 1 to {PAGE_MAX}")
+    after = None
+    if "after" in q:
+        m = _CURSOR.match(q["after"])
+        if m is None or int(m.group(2)) >> POS_BITS:
+            return error(400, "bad_query", "after is the 'next' cursor of a page: HEIGHT.POSITION")
+        after = seq_of(int(m.group(1)), int(m.group(2)))
+    candidates = node.dd.ledger.history_candidates(cid)
+    body = await node.reader.run(_history_page, cid, candidates, after, order == "desc", int(limit))
+    return web.Response(body=body, content_type="application/json")
 
 
 async def ticket(request: web.Request) -> web.Response:
@@ -209,21 +293,42 @@ async def loyalty(request: web.Request) -> web.Response:
     return web.json_response({"customer_id": cid, "balances": balances})
 
 
+def _replay(store: LedgerStore, lo: int, hi: int) -> list[bytes]:
+    """Events for blocks lo..hi (run by a reader thread)."""
+    out = []
+    for h in range(lo, hi + 1):
+        b = _block_json(store, h, False)
+        if b is None:
+            break
+        out.append(f"event: block\ndata: {json.dumps(b)}\n\n".encode())
+    return out
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
+    start = request.query.get("from_height")
+    if start is not None and not _UINT.match(start):
+        return error(400, "bad_query", "from_height is a non-negative integer")
     q: asyncio.Queue = asyncio.Queue()
     node.block_listeners.add(q)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
+    sent = 0   # the height of the last block sent: a replayed block also queued live is sent once
     try:
-        start = request.query.get("from_height")
-        if start is not None and start.isdigit():
-            h = int(start)
+        if start is not None:
+            h = max(int(start), 1)
             while h <= node.dd.ledger.height:
-                b = _block_json(node, h, False)
-                if b:
-                    await resp.write(f"event: block\ndata: {json.dumps(b)}\n\n".encode())
-                h += 1
+                try:
+                    chunk = await node.reader.run(_replay, h, min(h + REPLAY_CHUNK - 1, node.dd.ledger.height))
+                except ReadersBusy:
+                    await asyncio.sleep(0.2)   # the stream is open already: wait for a reader
+                    continue
+                if not chunk:
+                    break
+                for ev in chunk:
+                    await resp.write(ev)
+                h += len(chunk)
+                sent = h - 1
         while True:
             try:
                 ev = await asyncio.wait_for(q.get(), 15)
@@ -232,6 +337,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if ev is None:   # the node is stopping
                 break
+            if ev["height"] <= sent:
+                continue
             await resp.write(f"event: block\ndata: {json.dumps(ev)}\n\n".encode())
     except ConnectionResetError:
         pass
@@ -253,8 +360,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def make_app(node: Node) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard_requests, json_errors])
     app[NODE] = node
+    app[GUARD] = ConnectionGuard(node.cfg.limits)
+    app.cleanup_ctx.append(guard_sweeper)
     app.router.add_post("/v1/tx", submit)
     app.router.add_post("/v1/tx/batch", submit_batch)
     app.router.add_get("/v1/tx/{tx_id}", tx_status)

@@ -35,6 +35,23 @@ class MempoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one signer or one client may take of a node, and how long a connection may
+    hold it (see node.admission and node.httpguard)."""
+    signer_tx_per_s: int = 5_000       # a signer's sustained rate of admitted transactions
+    signer_burst: int = 20_000         # ... and the most it may send at once above that rate
+    signer_max_pending: int = 12_500   # a signer's transactions waiting in this node's mempool
+    client_tx_per_s: int = 20_000      # the same per client address, whatever the signers
+    client_burst: int = 50_000
+    client_connections: int = 512      # open HTTP connections per client address
+    header_timeout_s: int = 10         # from connecting to the end of the first request's headers
+    idle_timeout_s: int = 60           # from the end of one request to the end of the next one's headers
+    body_timeout_s: int = 30           # to receive a request body
+    read_workers: int = 2              # threads that serve heavy reads (history, full blocks, replays)
+    read_queue: int = 16               # heavy reads that may wait for one; more get 503
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node_id: str
     data_dir: Path
@@ -46,6 +63,7 @@ class NodeConfig:
     raft: RaftConfig = RaftConfig()
     blocks: BlockConfig = BlockConfig()
     mempool: MempoolConfig = MempoolConfig()
+    limits: LimitsConfig = LimitsConfig()
 
 
 _MAY_BE_ZERO = {"max_wait_ms"}  # 0: cut a block as soon as the previous one is applied
@@ -99,7 +117,8 @@ def load_config(path: str | Path) -> NodeConfig:
             raise ConfigError(f"{p}: {key}: expected a path")
         return (base / v).resolve()
 
-    known = {"node_id", "data_dir", "genesis", "node_key", "tls_cert", "api", "peer", "raft", "blocks", "mempool"}
+    known = {"node_id", "data_dir", "genesis", "node_key", "tls_cert", "api", "peer", "raft", "blocks", "mempool",
+             "limits"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -118,7 +137,8 @@ def load_config(path: str | Path) -> NodeConfig:
         api_listen=_host_port(raw["api"]["listen"], f"{p}: [api] listen"),
         peer_listen=_host_port(raw["peer"]["listen"], f"{p}: [peer] listen"),
         raft=raft, blocks=_section(BlockConfig, raw.get("blocks"), f"{p}: [blocks]"),
-        mempool=_section(MempoolConfig, raw.get("mempool"), f"{p}: [mempool]"))
+        mempool=_section(MempoolConfig, raw.get("mempool"), f"{p}: [mempool]"),
+        limits=_section(LimitsConfig, raw.get("limits"), f"{p}: [limits]"))
 
 
 def _toml_value(v: Any) -> str:
@@ -133,7 +153,8 @@ def render_config(node_id: str, *, data_dir: str, genesis: str, node_key: str, t
              f"genesis = {_toml_value(genesis)}", f"node_key = {_toml_value(node_key)}",
              f"tls_cert = {_toml_value(tls_cert)}", "", "[api]", f"listen = {_toml_value(api_listen)}", "",
              "[peer]", f"listen = {_toml_value(peer_listen)}"]
-    defaults = {"raft": RaftConfig(), "blocks": BlockConfig(), "mempool": MempoolConfig()}
+    defaults = {"raft": RaftConfig(), "blocks": BlockConfig(), "mempool": MempoolConfig(),
+                "limits": LimitsConfig()}
     for name, d in defaults.items():
         lines += ["", f"[{name}]"]
         vals = {f.name: getattr(d, f.name) for f in fields(d)} | (tables or {}).get(name, {})

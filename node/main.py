@@ -13,6 +13,7 @@ import time
 from aiohttp import web
 
 from node.api import make_app
+from node.httpguard import GuardedRunner
 from node.config import ConfigError, load_config
 from node.ledger.genesis import GenesisError
 from node.runtime import Node, NodeError
@@ -33,7 +34,7 @@ async def serve(node: Node) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(make_app(node), access_log=None, shutdown_timeout=2.0)
+    runner = GuardedRunner(make_app(node), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, _, port = node.cfg.api_listen.rpartition(":")
     await node.peers.start_server()

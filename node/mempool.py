@@ -4,7 +4,7 @@ this node; blocks reuse that check. The leader marks what it has put into a bloc
 does not propose it twice; committing a block removes its transactions everywhere."""
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from node.ledger.tx import Tx
 
@@ -18,6 +18,7 @@ class Mempool:
         self.max_txs = max_txs
         self.txs: OrderedDict[str, Tx] = OrderedDict()
         self.proposed: set[str] = set()
+        self.by_signer: Counter[str] = Counter()   # transactions held per signer
         self.first_pending_at: float | None = None  # when the oldest unproposed one arrived
 
     def __len__(self) -> int:
@@ -36,6 +37,7 @@ class Mempool:
         if len(self.txs) >= self.max_txs:
             raise MempoolFull()
         self.txs[tx.tx_id] = tx
+        self.by_signer[tx.signer] += 1
         if self.first_pending_at is None:
             self.first_pending_at = now
         return True
@@ -67,9 +69,14 @@ class Mempool:
         self.first_pending_at = now if self.txs else None
 
     def remove(self, tx_ids, now: float) -> None:
+        held = self.by_signer
         for t in tx_ids:
-            self.txs.pop(t, None)
-            self.proposed.discard(t)
+            tx = self.txs.pop(t, None)
+            if tx is not None:
+                self.proposed.discard(t)
+                held[tx.signer] -= 1
+                if not held[tx.signer]:
+                    del held[tx.signer]
         if self.pending() == 0:
             self.first_pending_at = None
         elif self.first_pending_at is None:

@@ -33,6 +33,11 @@ class Metrics:
                                             "gossiped transactions that are malformed or badly signed", registry=r)
         self.peer_events = Gauge("crmledger_peer_events", "peer-link events since start: refused peers, "
                                  "malformed frames, dropped frames, failed dials", ["event"], registry=r)
+        self.leader_gap = Histogram("crmledger_raft_leader_gap_seconds",
+                                    "between two Raft messages from the leader, as this follower saw them",
+                                    registry=r, buckets=(.05, .1, .2, .3, .5, .75, 1, 2, 5))
+        self.reads_refused = Counter("crmledger_reads_refused", "heavy reads refused: every reader busy",
+                                     registry=r)
         self.mempool_full_drops = Counter("crmledger_mempool_full_drops", "gossiped transactions not kept: full",
                                           registry=r)
 

@@ -21,6 +21,7 @@ from consensus import (
     Snapshot, StateType, bootstrap_snapshot,
 )
 from consensus.messages import HardState, apply_conf_change
+from node.admission import Admission
 from node.config import NodeConfig
 from node.ledger.block import BlockError, decode_block, make_block
 from node.ledger.genesis import load_genesis
@@ -29,6 +30,7 @@ from node.ledger.tx import Tx, TxError, decode_tx
 from node.mempool import Mempool, MempoolFull
 from node.metrics import Metrics
 from node.peers import PeerLinks
+from node.reader import Reader
 from node.wire import WireError, message_from_wire, message_to_wire
 from storage.datadir import open_data_dir
 
@@ -68,7 +70,11 @@ class Node:
                                   applied=self.dd.ledger.applied_index, max_size_per_msg=4 << 20),
                            self.dd.raft, random.Random())
         self.mempool = Mempool(cfg.mempool.max_txs)
+        self.admission = Admission(self.genesis, cfg.limits)
+        self.reader = Reader(cfg.data_dir / "ledger.db", self.genesis, cfg.limits.read_workers,
+                             cfg.limits.read_queue)
         self.metrics = Metrics(cfg.node_id)
+        self.last_raft_from: dict[str, float] = {}   # peer -> when its last Raft message came
         self.peers = PeerLinks(me, self.genesis, str(cfg.tls_cert), str(cfg.node_key), self._on_frame)
         self.raft_in: deque[Message] = deque()
         self.wake = asyncio.Event()
@@ -108,13 +114,16 @@ class Node:
     def committed_record(self, tx_id: str):
         return self.dd.ledger.tx_record(tx_id)
 
-    def admit(self, tx: Tx) -> str:
-        """A transaction whose signature was checked: 'pending', 'known' or 'committed'.
-        Raises MempoolFull."""
+    def admit(self, tx: Tx, client: str | None = None) -> str:
+        """A transaction whose signature was checked, sent by `client` (an address):
+        'pending', 'known' or 'committed'. Raises admission.Refused or MempoolFull."""
         if self.dd.ledger.tx_record(tx.tx_id) is not None:
             return "committed"
-        if not self.mempool.add(tx, time.monotonic()):
+        if tx.tx_id in self.mempool:
             return "known"
+        now = time.monotonic()
+        self.admission.check(self.dd.ledger.get, tx, self.mempool.by_signer[tx.signer], client, now)
+        self.mempool.add(tx, now)
         self.metrics.tx_admitted.inc()
         self.gossip_out.append(tx.encode())
         self._block_may_be_due()
@@ -139,6 +148,10 @@ class Node:
             m = message_from_wire(body)
             if self.by_raft_id.get(m.frm) != peer:
                 raise WireError(f"{peer} sent a Raft message as another node")
+            now = time.monotonic()
+            if m.frm == self.raw.raft.lead and peer in self.last_raft_from:
+                self.metrics.leader_gap.observe(now - self.last_raft_from[peer])
+            self.last_raft_from[peer] = now
             self.raft_in.append(m)
             self.wake.set()
         elif kind == "txs" and type(body) is list:
@@ -162,6 +175,9 @@ class Node:
             self.metrics.peer_frames_rejected.inc()
             return
         if tx.tx_id in self.mempool or self.dd.ledger.tx_record(tx.tx_id) is not None:
+            return
+        if not self.admission.member(self.dd.ledger.get, tx):
+            self.metrics.tx_rejected.labels(reason="unknown_signer_gossiped").inc()
             return
         if not tx.signature_ok():
             self.metrics.peer_frames_rejected.inc()
@@ -445,4 +461,5 @@ class Node:
         log.info("handed leadership to %s", self.by_raft_id.get(best))
 
     def close(self) -> None:
+        self.reader.close()
         self.dd.close()

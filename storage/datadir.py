@@ -38,6 +38,7 @@ def genesis_of(path: str | Path) -> Genesis:
 def open_data_dir(path: str | Path, genesis: Genesis | None = None) -> DataDir:
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
+    p.chmod(0o700)   # it holds the private store
     gfile = p / "genesis.json"
     if genesis is not None and not gfile.exists():
         tmp = gfile.with_suffix(".tmp")

@@ -20,9 +20,10 @@ import struct
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import msgpack
+import numpy as np
 
 from consensus import ConfState
 from node.ledger import stateroot
@@ -74,6 +75,15 @@ def _by_height(seqs: list[int]) -> dict[int, list[int]]:
 
 def _end(ends: bytes, pos: int) -> int:
     return struct.unpack_from(">I", ends, 4 * pos)[0] if pos >= 0 else 0
+
+
+class HistoryEntry(NamedTuple):
+    height: int
+    pos: int
+    timestamp: int
+    tx_id: str
+    code: str
+    envelope: bytes   # stored form
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,11 +249,36 @@ class LedgerStore:
         the index is built."""
         return self.conn.execute("SELECT sns, subjects FROM blocks WHERE height=?", (height,)).fetchone()
 
-    def history(self, subject: str, limit: int = 1000, after_seq: int = -1) -> list[tuple[int, int, str, str, bytes]]:
-        """(height, pos, tx_id, code, envelope) touching a customer, oldest first."""
-        seqs = self.index.subject_seqs(subject, after_seq, limit)   # confirmed against the blocks
-        by_height = _by_height(seqs)
-        out = []
+    def history_candidates(self, subject: str) -> np.ndarray:
+        """Sorted seqs that may touch a customer, from the in-memory index (so on the
+        thread that applies blocks); `history_page` confirms and reads them."""
+        return self.index.subject_candidates(subject)
+
+    def history_page(self, subject: str, candidates: np.ndarray, *, after: int | None = None,
+                     descending: bool = False, limit: int = 100) -> tuple[list[HistoryEntry], bool]:
+        """Up to `limit` transactions touching `subject` among `candidates`, oldest (or
+        newest) first, strictly after the seq `after` in that order; and whether more
+        follow. Reads only stored blocks, so any store over the same file serves (a
+        read-only one in a reader thread)."""
+        if after is not None:
+            cut = np.searchsorted(candidates, after, "left" if descending else "right")
+            candidates = candidates[:cut] if descending else candidates[cut:]
+        if descending:
+            candidates = candidates[::-1]
+        found: list[int] = []
+        step = max(64, limit + 1)
+        for i in range(0, len(candidates), step):
+            chunk = candidates[i:i + step].tolist()
+            hits = {s for s, v in self._fetch("subject", chunk) if v == subject}
+            found += [s for s in chunk if s in hits]
+            if len(found) > limit:
+                break
+        more = len(found) > limit
+        found = found[:limit]
+        by_height = _by_height(found)
+        stamps = {h: msgpack.unpackb(hdr, raw=False)["timestamp"] for h, hdr in select_in(
+            self.conn, "SELECT height, header FROM blocks WHERE height IN ({})", by_height)}
+        rows: dict[int, HistoryEntry] = {}
         for height, ids, codes, ends in select_in(
                 self.conn, "SELECT height, ids, codes, ends FROM blocks WHERE height IN ({})", by_height):
             with self.conn.blobopen("blocks", "body", height, readonly=True) as body:
@@ -251,9 +286,13 @@ class LedgerStore:
                     pos = s & POS_MASK
                     start, end = _end(ends, pos - 1), _end(ends, pos)
                     body.seek(start)
-                    out.append((height, pos, ids[32 * pos:32 * pos + 32].hex(), CODES[codes[pos]],
-                                body.read(end - start)))
-        return sorted(out)
+                    rows[s] = HistoryEntry(height, pos, stamps[height], ids[32 * pos:32 * pos + 32].hex(),
+                                           CODES[codes[pos]], body.read(end - start))
+        return [rows[s] for s in found], more
+
+    def history(self, subject: str, limit: int = 1000, after_seq: int = -1) -> list[HistoryEntry]:
+        """Transactions touching a customer, oldest first."""
+        return self.history_page(subject, self.history_candidates(subject), after=after_seq, limit=limit)[0]
 
     def iter_blocks(self, start: int = 1) -> Iterator[tuple[int, bytes, bytes, bytes]]:
         """(height, stored hash, header bytes, sig) in height order, streaming."""

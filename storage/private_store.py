@@ -3,6 +3,7 @@ a database of their own with `secure_delete`, so that erasing a customer overwri
 bytes in the file, and the write-ahead log is truncated so no copy lingers there."""
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -21,6 +22,10 @@ CREATE TABLE IF NOT EXISTS erased (customer_id TEXT PRIMARY KEY) WITHOUT ROWID;
 
 class PrivateStore:
     def __init__(self, path: str | Path) -> None:
+        # personal data is readable by the node's user only: the file (SQLite gives its
+        # -wal and -shm files the same mode) is made 0600 before SQLite opens it
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(path, 0o600)
         self.conn: sqlite3.Connection = connect(path, secure_delete=True)
         self.conn.executescript(_SCHEMA)
 

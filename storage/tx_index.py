@@ -193,9 +193,14 @@ class TxIndex:
         hits = [s for s, v in self.fetch("tx_id", seqs) if v == tx_id]
         return min(hits) if hits else None
 
+    def subject_candidates(self, subject: str) -> np.ndarray:
+        """Seqs that may touch `subject`, sorted (a key collision adds a few that do not:
+        confirm them with `fetch("subject", ...)`)."""
+        return np.unique(np.array(self._candidates("subject", subject_keys([subject])), _I8))
+
     def subject_seqs(self, subject: str, after: int, limit: int) -> list[int]:
         """Seqs of transactions touching `subject` after `after`, oldest first."""
-        seqs = sorted(s for s in self._candidates("subject", subject_keys([subject])) if s > after)
+        seqs = [s for s in self.subject_candidates(subject).tolist() if s > after]
         return [s for s, v in sorted(self.fetch("subject", seqs)) if v == subject][:limit]
 
     # -- writing ------------------------------------------------------------------------

@@ -137,8 +137,8 @@ def test_history_lists_everything_touching_a_customer(chain):
     chain.commit([tx(CK, "ticket.open", "", ticket_id="t1", customer_id="c1", channel="x", subject_hash=H)])
     chain.commit([tx(A1, "ticket.update", "org1", ticket_id="t1", status="closed", note_hash=H)])
     hist = chain.store.history("c1")
-    assert [(h[0], h[3]) for h in hist] == [(1, "valid"), (2, "valid"), (3, "valid"), (4, "valid")]
-    rec = chain.store.tx_record(hist[1][2])
+    assert [(h.height, h.code) for h in hist] == [(1, "valid"), (2, "valid"), (3, "valid"), (4, "valid")]
+    rec = chain.store.tx_record(hist[1].tx_id)
     assert (rec.height, rec.pos, rec.code) == (2, 0, "valid")
     assert chain.store.tx_record("00" * 32) is None
 

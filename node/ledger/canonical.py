@@ -29,7 +29,14 @@ def canonical(value: Any, _depth: int = 0, _count: list[int] | None = None) -> A
     if _depth > MAX_DEPTH:
         raise EncodingError(f"nested deeper than {MAX_DEPTH}")
     t = type(value)
-    if t is str or t is bool or value is None:
+    if t is str:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise EncodingError("strings must be valid Unicode (no lone surrogates)") from None
+        return value
+    if t is bool or value is None:
         return value
     if t is int:
         if not INT_MIN <= value <= INT_MAX:
@@ -39,6 +46,7 @@ def canonical(value: Any, _depth: int = 0, _count: list[int] | None = None) -> A
         for k in value:
             if type(k) is not str:
                 raise EncodingError("map keys must be strings")
+            canonical(k, _depth, _count)   # a key is a string like any other
         # code point order is UTF-8 byte order, so plain sorting is the canonical order
         return {k: canonical(value[k], _depth + 1, _count) for k in sorted(value)}
     if t is list or t is tuple:

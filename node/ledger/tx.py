@@ -14,7 +14,11 @@ from .canonical import EncodingError, canonical, canonical_bytes, unpack_strict
 from .keys import SigningKey, verify
 
 TX_PREFIX = b"crmledger/tx/v1\n"
-MAX_TX_BYTES = 64 * 1024
+MAX_TX_BYTES = 64 * 1024   # the most any stored or gossiped envelope may take
+# the most each type's signing bytes may take: what its largest legal payload needs, so
+# that no signer can make every node store more than its transaction says
+MAX_BYTES_BY_TYPE = {"consent.grant": 6 * 1024}
+MAX_BYTES_DEFAULT = 2 * 1024
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _HEXANY = re.compile(r"(?:[0-9a-f]{2})*\Z")
@@ -54,8 +58,9 @@ def _text(max_len: int) -> Check:
 
 
 def _one_of(*options: str) -> Check:
+    allowed = frozenset(options)
     def check(v: Any) -> str | None:
-        return None if v in options and type(v) is str else f"must be one of {', '.join(options)}"
+        return None if type(v) is str and v in allowed else f"must be one of {', '.join(options)}"
     return check
 
 
@@ -74,15 +79,15 @@ def _int(v: Any) -> str | None:
 
 
 def _scope(v: Any) -> str | None:
-    if type(v) is not list or not v or len(v) > 64:
+    if type(v) is not list or not v or len(v) > 64 or any(type(f) is not str for f in v):
         return 'must be a list of 1-64 field names, or ["*"]'
     if "*" in v and v != ["*"]:
         return '"*" must stand alone'
     if len(set(v)) != len(v):
         return "has repeated field names"
     for f in v:
-        if f != "*" and _ident(f):
-            return "field names must be 1-128 characters of A-Z a-z 0-9 . _ : @ + -"
+        if f != "*" and (len(f) > 64 or _ident(f)):
+            return "field names must be 1-64 characters of A-Z a-z 0-9 . _ : @ + -"
     return None
 
 
@@ -103,7 +108,7 @@ PAYLOADS: dict[str, dict[str, Check]] = {
 TX_TYPES = frozenset(PAYLOADS)
 
 _BODY: dict[str, Check] = {
-    "type": lambda v: None if v in PAYLOADS else f"must be one of {', '.join(sorted(PAYLOADS))}",
+    "type": _one_of(*sorted(PAYLOADS)),
     "signer": _hex64,
     "org": lambda v: None if v == "" else _ident(v),
     "nonce": lambda v: None if type(v) is str and 1 <= len(v) <= 64 else "must be a string of 1-64 characters",
@@ -186,8 +191,9 @@ def parse_envelope(obj: Any) -> Tx:
     _check_fields(body, _BODY, "body")
     _check_fields(body["payload"], PAYLOADS[body["type"]], "payload")
     sb = TX_PREFIX + msgpack.packb(body, use_bin_type=True)  # body is canonical already
-    if len(sb) > MAX_TX_BYTES:
-        raise _malformed(f"body larger than {MAX_TX_BYTES} bytes")
+    limit = MAX_BYTES_BY_TYPE.get(body["type"], MAX_BYTES_DEFAULT)
+    if len(sb) > limit:
+        raise _malformed(f"a {body['type']} transaction takes at most {limit} bytes, this one {len(sb)}")
     return Tx(body, bytes.fromhex(sig), sb, tx_id_of(sb))
 
 

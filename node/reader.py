@@ -1,0 +1,65 @@
+"""Heavy reads off the event loop. The loop that serves HTTP also ticks Raft and answers
+peers, so a read that decodes many stored transactions (a page of a customer's history,
+a full block, a replay of blocks to an event stream) runs in a worker thread, on a
+read-only connection of its own (SQLite in WAL mode lets it read beside the writer), and
+builds its answer there. At most `workers` such reads run and `queue` more wait; past
+that a read is refused with `ReadersBusy` (503 with Retry-After), so that a flood of
+reads costs the loop nothing but the refusals."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from node.ledger.genesis import Genesis
+from storage.ledger_store import LedgerStore
+from storage.sqlite import connect
+
+T = TypeVar("T")
+
+
+class ReadersBusy(Exception):
+    pass
+
+
+class Reader:
+    def __init__(self, db_path: Path, genesis: Genesis, workers: int = 2, queue: int = 16) -> None:
+        self.db_path = db_path
+        self.genesis = genesis
+        self.limit = workers + queue
+        self.active = 0
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reader")
+        self.local = threading.local()
+        self.stores: list[LedgerStore] = []
+        self.lock = threading.Lock()
+
+    def _store(self) -> LedgerStore:
+        store = getattr(self.local, "store", None)
+        if store is None:
+            conn = connect(self.db_path, readonly=True, cache_mb=16)
+            store = self.local.store = LedgerStore(conn, self.genesis, readonly=True, lookups=False)
+            with self.lock:
+                self.stores.append(store)
+        return store
+
+    def _call(self, fn: Callable[..., T], args: tuple) -> T:
+        return fn(self._store(), *args)
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        """`fn(store, *args)` in a reader thread, `store` reading the ledger read-only."""
+        if self.active >= self.limit:
+            raise ReadersBusy()
+        self.active += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, self._call, fn, args)
+        finally:
+            self.active -= 1
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        with self.lock:
+            for s in self.stores:
+                s.conn.close()
+            self.stores.clear()
