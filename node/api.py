@@ -20,7 +20,7 @@ from node.ledger.rules import k_customer, k_ticket
 from node.ledger.tx import TxError, admit
 from node.mempool import MempoolFull
 from node.openapi import OPENAPI
-from node.reader import ReadersBusy
+from node.reader import Busy
 from node.runtime import Node
 from storage.ledger_store import POS_BITS, LedgerStore, seq_of
 
@@ -49,9 +49,10 @@ async def json_errors(request: web.Request, handler):
         if e.content_type == "application/json":
             raise
         return error(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
-    except ReadersBusy:
-        request.app[NODE].metrics.reads_refused.inc()
-        return error(503, "busy", "too many heavy reads at once on this node", {"Retry-After": "1"})
+    except Busy:
+        request.app[NODE].metrics.busy_refusals.inc()
+        return error(503, "busy", "too much heavy work (reads, large batches) at once on this node",
+                     {"Retry-After": "1"})
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -69,13 +70,16 @@ def loads_strict(raw: bytes):
     return json.loads(raw, object_pairs_hook=_unique_keys)
 
 
-async def _body(request: web.Request):
+async def _raw_body(request: web.Request) -> bytes:
     try:
-        raw = await asyncio.wait_for(request.read(), request.app[NODE].cfg.limits.body_timeout_s)
+        return await asyncio.wait_for(request.read(), request.app[NODE].cfg.limits.body_timeout_s)
     except asyncio.TimeoutError:
         raise web.HTTPRequestTimeout(text=json.dumps({"error": "timeout", "detail": "the body came too slowly"}),
                                      content_type="application/json") from None
-    ctype = request.content_type
+
+
+def _decode(raw: bytes, ctype: str):
+    """A request body as JSON or msgpack; raises HTTP 400 or 415."""
     try:
         if ctype == "application/msgpack":
             return unpack_strict(raw, MAX_BODY)
@@ -83,8 +87,7 @@ async def _body(request: web.Request):
                      "application/x-www-form-urlencoded"):  # what curl -d sends without -H
             return loads_strict(raw)
     except (EncodingError, ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise web.HTTPBadRequest(text=json.dumps({"error": "malformed", "detail": f"cannot decode body: {e}"}),
-                                 content_type="application/json") from None
+        raise _bad_request("malformed", f"cannot decode body: {e}") from None
     raise web.HTTPUnsupportedMediaType(text=json.dumps({"error": "unsupported_media_type",
                                                         "detail": "send application/json or application/msgpack"}),
                                        content_type="application/json")
@@ -96,18 +99,25 @@ def _unavailable(node: Node) -> web.Response | None:
     return None
 
 
-def _parse(node: Node, obj) -> tuple[int, dict] | object:
+def _parse(obj) -> tuple[int, dict] | object:
     """The checked transaction, or the refusal (status, body)."""
     try:
         return admit(obj)
     except TxError as e:
-        node.metrics.tx_rejected.labels(reason=e.code).inc()
         return 400, {"error": e.code, "detail": e.detail}
 
 
-def _admit(node: Node, tx, client: str | None) -> tuple[int, dict]:
+def _parse_batch(raw: bytes, ctype: str) -> list:
+    """A batch's body decoded and each envelope checked (in a checker thread)."""
+    obj = _decode(raw, ctype)
+    if type(obj) is not list or len(obj) > MAX_BATCH:
+        raise _bad_request("malformed", f"a batch is a list of at most {MAX_BATCH} envelopes")
+    return [_parse(env) for env in obj]
+
+
+def _admit(node: Node, tx, client: str | None, committed: bool | None = None) -> tuple[int, dict]:
     try:
-        state = node.admit(tx, client)
+        state = node.admit(tx, client, committed)
     except Refused as e:
         node.metrics.tx_rejected.labels(reason=e.code).inc()
         body = {"error": e.code, "detail": e.detail, "tx_id": tx.tx_id}
@@ -122,16 +132,18 @@ def _admit(node: Node, tx, client: str | None) -> tuple[int, dict]:
     return 202, {"tx_id": tx.tx_id, "status": "pending"}
 
 
-def _result(node: Node, obj, client: str | None) -> tuple[int, dict]:
-    tx = _parse(node, obj)
-    return tx if type(tx) is tuple else _admit(node, tx, client)
+def _result(node: Node, parsed, client: str | None, committed: bool | None = None) -> tuple[int, dict]:
+    if type(parsed) is tuple:
+        node.metrics.tx_rejected.labels(reason=parsed[1]["error"]).inc()
+        return parsed
+    return _admit(node, parsed, client, committed)
 
 
 async def submit(request: web.Request) -> web.Response:
     node = request.app[NODE]
     if (busy := _unavailable(node)) is not None:
         return busy
-    obj = await _body(request)
+    obj = _decode(await _raw_body(request), request.content_type)
     wait = request.query.get("wait")
     if wait not in (None, "commit"):
         return error(400, "bad_query", "wait may only be 'commit'")
@@ -141,7 +153,7 @@ async def submit(request: web.Request) -> web.Response:
             raise ValueError
     except ValueError:
         return error(400, "bad_query", "timeout must be a number of seconds in (0, 300]")
-    status, body = _result(node, obj, request.remote)
+    status, body = _result(node, _parse(obj), request.remote)
     if "retry_after" in body:
         return web.json_response(body, status=status, headers={"Retry-After": str(body["retry_after"])})
     if status != 202 or wait is None:
@@ -166,16 +178,20 @@ async def submit_batch(request: web.Request) -> web.Response:
     node = request.app[NODE]
     if (busy := _unavailable(node)) is not None:
         return busy
-    obj = await _body(request)
-    if type(obj) is not list or len(obj) > MAX_BATCH:
-        return error(400, "malformed", f"a batch is a list of at most {MAX_BATCH} envelopes")
-    # every envelope is decoded and checked before any is admitted, and each gets its own
-    # answer: a bad one never leaves the ones before it admitted and unreported
-    parsed = [_parse(node, env) for env in obj]
+    raw = await _raw_body(request)
+    # every envelope is decoded and checked (off the loop) before any is admitted, and
+    # each gets its own answer: a bad one never leaves the ones before it admitted and
+    # unreported
+    parsed = await node.checker.run(_parse_batch, raw, request.content_type)
     out = []
-    for p in parsed:
-        status, body = p if type(p) is tuple else _admit(node, p, request.remote)
-        out.append({"status_code": status, **body})
+    for at in range(0, len(parsed), 256):
+        if at:
+            await asyncio.sleep(0)   # let Raft and other requests in between
+        chunk = parsed[at:at + 256]
+        committed = node.dd.ledger.committed_among([p for p in chunk if type(p) is not tuple])
+        for p in chunk:
+            status, body = _result(node, p, request.remote, type(p) is not tuple and p.tx_id in committed)
+            out.append({"status_code": status, **body})
     return web.json_response(out, status=202)
 
 
@@ -320,7 +336,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             while h <= node.dd.ledger.height:
                 try:
                     chunk = await node.reader.run(_replay, h, min(h + REPLAY_CHUNK - 1, node.dd.ledger.height))
-                except ReadersBusy:
+                except Busy:
                     await asyncio.sleep(0.2)   # the stream is open already: wait for a reader
                     continue
                 if not chunk:

@@ -90,9 +90,12 @@ class LocalCluster:
     def url(self, i: int, path: str = "") -> str:
         return f"http://127.0.0.1:{self.base + i}{path}"
 
-    def get(self, i: int, path: str):
+    def get_text(self, i: int, path: str) -> str:
         with urllib.request.urlopen(self.url(i, path), timeout=5) as r:
-            return json.loads(r.read())
+            return r.read().decode()
+
+    def get(self, i: int, path: str):
+        return json.loads(self.get_text(i, path))
 
     def post(self, i: int, path: str, body) -> tuple[int, dict]:
         req = urllib.request.Request(self.url(i, path), data=json.dumps(body).encode(),

@@ -45,6 +45,8 @@ async def serve(node: Node) -> None:
         async with asyncio.TaskGroup() as tg:
             driver = tg.create_task(node.drive())
             gossip = tg.create_task(node.gossip())
+            watch = tg.create_task(node.watch_loop())
+            intake = tg.create_task(node.gossip_intake())
             dialers = [tg.create_task(node.peers.dial_forever(p)) for p in node.peers.peers]
             await stop.wait()
             log.info("stopping")
@@ -52,7 +54,7 @@ async def serve(node: Node) -> None:
             node.stopped.set()
             node.wake.set()
             await driver
-            for t in [gossip, *dialers]:
+            for t in [gossip, watch, intake, *dialers]:
                 t.cancel()
     finally:
         for q in list(node.block_listeners):   # end the event streams
@@ -73,6 +75,9 @@ def run(config_path: str) -> int:
         print(f"crmledger node: {e}", file=sys.stderr)
         return 2
     import uvloop
+    # heavy reads run in threads: let the loop thread, which drives Raft, have the
+    # interpreter back within a millisecond rather than five
+    sys.setswitchinterval(0.001)
     t = time.monotonic()
     uvloop.run(serve(node))
     logging.getLogger("crmledger.node").info("ran for %.1f s", time.monotonic() - t)

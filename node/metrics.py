@@ -36,8 +36,11 @@ class Metrics:
         self.leader_gap = Histogram("crmledger_raft_leader_gap_seconds",
                                     "between two Raft messages from the leader, as this follower saw them",
                                     registry=r, buckets=(.05, .1, .2, .3, .5, .75, 1, 2, 5))
-        self.reads_refused = Counter("crmledger_reads_refused", "heavy reads refused: every reader busy",
-                                     registry=r)
+        self.loop_lag = Histogram("crmledger_event_loop_lag_seconds",
+                                  "how late the event loop (HTTP, Raft, peers) woke a task due now", registry=r,
+                                  buckets=(.001, .005, .01, .02, .05, .1, .2, .5, 1))
+        self.busy_refusals = Counter("crmledger_busy_refusals",
+                                     "heavy reads and large batches refused: every worker busy", registry=r)
         self.mempool_full_drops = Counter("crmledger_mempool_full_drops", "gossiped transactions not kept: full",
                                           registry=r)
 

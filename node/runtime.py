@@ -23,14 +23,14 @@ from consensus import (
 from consensus.messages import HardState, apply_conf_change
 from node.admission import Admission
 from node.config import NodeConfig
-from node.ledger.block import BlockError, decode_block, make_block
+from node.ledger.block import Block, BlockError, decode_block, make_block
 from node.ledger.genesis import load_genesis
 from node.ledger.keys import SigningKey
 from node.ledger.tx import Tx, TxError, decode_tx
 from node.mempool import Mempool, MempoolFull
 from node.metrics import Metrics
 from node.peers import PeerLinks
-from node.reader import Reader
+from node.reader import Reader, Workers
 from node.wire import WireError, message_from_wire, message_to_wire
 from storage.datadir import open_data_dir
 
@@ -73,6 +73,8 @@ class Node:
         self.admission = Admission(self.genesis, cfg.limits)
         self.reader = Reader(cfg.data_dir / "ledger.db", self.genesis, cfg.limits.read_workers,
                              cfg.limits.read_queue)
+        self.checker = Workers("checker", 2, 8)   # decodes and checks large batches and gossip
+        self.gossip_in: asyncio.Queue[list] = asyncio.Queue(256)   # frames of transactions from peers
         self.metrics = Metrics(cfg.node_id)
         self.last_raft_from: dict[str, float] = {}   # peer -> when its last Raft message came
         self.peers = PeerLinks(me, self.genesis, str(cfg.tls_cert), str(cfg.node_key), self._on_frame)
@@ -114,13 +116,16 @@ class Node:
     def committed_record(self, tx_id: str):
         return self.dd.ledger.tx_record(tx_id)
 
-    def admit(self, tx: Tx, client: str | None = None) -> str:
+    def admit(self, tx: Tx, client: str | None = None, committed: bool | None = None) -> str:
         """A transaction whose signature was checked, sent by `client` (an address):
-        'pending', 'known' or 'committed'. Raises admission.Refused or MempoolFull."""
-        if self.dd.ledger.tx_record(tx.tx_id) is not None:
-            return "committed"
+        'pending', 'known' or 'committed' (`committed` says which, when the caller has
+        looked it up already). Raises admission.Refused or MempoolFull."""
         if tx.tx_id in self.mempool:
             return "known"
+        if committed is None:
+            committed = self.dd.ledger.committed_record(tx) is not None
+        if committed:
+            return "committed"
         now = time.monotonic()
         self.admission.check(self.dd.ledger.get, tx, self.mempool.by_signer[tx.signer], client, now)
         self.mempool.add(tx, now)
@@ -155,8 +160,10 @@ class Node:
             self.raft_in.append(m)
             self.wake.set()
         elif kind == "txs" and type(body) is list:
-            for env in body[:10_000]:
-                self._gossiped(env)
+            try:
+                self.gossip_in.put_nowait(body[:10_000])
+            except asyncio.QueueFull:
+                self.metrics.mempool_full_drops.inc(len(body))
         elif kind == "get_blocks" and type(body) is dict:
             self._serve_blocks(peer, body)
         elif kind == "blocks" and type(body) is dict:
@@ -166,27 +173,50 @@ class Node:
         else:
             raise WireError(f"a {kind!r} frame with a body of the wrong shape")
 
-    def _gossiped(self, env) -> None:
-        if type(env) is not bytes:
-            return
-        try:
-            tx = decode_tx(env)
-        except TxError:
-            self.metrics.peer_frames_rejected.inc()
-            return
-        if tx.tx_id in self.mempool or self.dd.ledger.tx_record(tx.tx_id) is not None:
-            return
-        if not self.admission.member(self.dd.ledger.get, tx):
-            self.metrics.tx_rejected.labels(reason="unknown_signer_gossiped").inc()
-            return
-        if not tx.signature_ok():
-            self.metrics.peer_frames_rejected.inc()
-            return
-        try:
-            self.mempool.add(tx, time.monotonic())
+    async def gossip_intake(self) -> None:
+        """Take in what peers gossip, a frame at a time: decoding and signature checks run
+        in a checker thread, so a peer's frame of thousands of transactions never holds
+        the loop that drives Raft."""
+        while not self.stopped.is_set():
+            await self.take_gossip(await self.gossip_in.get())
+
+    async def take_gossip(self, envs: list) -> None:
+        loop = asyncio.get_running_loop()
+        txs = await loop.run_in_executor(self.checker.pool, self._check_gossip, envs)
+        now = time.monotonic()
+        committed = self.dd.ledger.committed_among(txs)
+        for tx in txs:
+            if tx.tx_id in self.mempool or tx.tx_id in committed:
+                continue
+            if not self.admission.member(self.dd.ledger.get, tx):
+                self.metrics.tx_rejected.labels(reason="unknown_signer_gossiped").inc()
+                continue
+            try:
+                self.mempool.add(tx, now)
+            except MempoolFull:
+                self.metrics.mempool_full_drops.inc()
+                continue
             self._block_may_be_due()
-        except MempoolFull:
-            self.metrics.mempool_full_drops.inc()
+
+    def _check_gossip(self, envs: list) -> list[Tx]:
+        """The well-formed, well-signed transactions of a gossiped frame that this node
+        does not hold yet (run in a checker thread: it only reads the mempool)."""
+        out = []
+        for env in envs:
+            if type(env) is not bytes:
+                continue
+            try:
+                tx = decode_tx(env)
+            except TxError:
+                self.metrics.peer_frames_rejected.inc()
+                continue
+            if tx.tx_id in self.mempool:
+                continue
+            if not tx.signature_ok():
+                self.metrics.peer_frames_rejected.inc()
+                continue
+            out.append(tx)
+        return out
 
     # -- the driver ---------------------------------------------------------------------------
     async def drive(self) -> None:
@@ -246,7 +276,7 @@ class Node:
                 if m.needs_durability:
                     self._send(m)
             if rd.committed_entries:
-                self._apply(rd)
+                await self._apply(rd)
             self.raw.advance(rd)
 
     def _send(self, m: Message) -> None:
@@ -300,7 +330,7 @@ class Node:
         except (NotLeader, ProposalDropped):
             self.mempool.unmark_all(time.monotonic())
 
-    def _apply(self, rd: Ready) -> None:
+    async def _apply(self, rd: Ready) -> None:
         led = self.dd.ledger
         for e in rd.committed_entries:
             if e.index <= led.applied_index:
@@ -315,20 +345,28 @@ class Node:
             if not e.data:
                 led.mark_applied(e.index)
                 continue
-            self._apply_block(e.index, e.data)
+            await self._apply_block(e.index, e.data)
 
-    def _apply_block(self, index: int, data: bytes, from_log: bool = True) -> None:
+    def _prepare_block(self, data: bytes) -> tuple[Block, list[Tx]]:
+        """A block decoded, with its transactions: those this node checked before from the
+        mempool, the others decoded and verified now (run in a checker thread: it only
+        reads the mempool). Raises BlockError or TxError."""
+        block = decode_block(data)
+        txs = []
+        for tx_id, env in zip(block.tx_ids, block.txs):
+            tx = self.mempool.get(tx_id)
+            if tx is None:
+                tx = decode_tx(env)
+                if not tx.signature_ok():
+                    raise BlockError(f"transaction {tx_id} has a bad signature")
+            txs.append(tx)
+        return block, txs
+
+    async def _apply_block(self, index: int, data: bytes, from_log: bool = True) -> None:
         led = self.dd.ledger
         try:
-            block = decode_block(data)
-            txs = []
-            for tx_id, env in zip(block.tx_ids, block.txs):
-                tx = self.mempool.get(tx_id)
-                if tx is None:
-                    tx = decode_tx(env)
-                    if not tx.signature_ok():
-                        raise BlockError(f"transaction {tx_id} has a bad signature")
-                txs.append(tx)
+            block, txs = await asyncio.get_running_loop().run_in_executor(self.checker.pool, self._prepare_block,
+                                                                           data)
         except (BlockError, TxError) as e:
             log.error("rejecting the block at index %d: %s", index, e)
             if from_log:
@@ -419,7 +457,7 @@ class Node:
                     index = decode_block(data).header.index
                 except BlockError:
                     break
-                self._apply_block(index, data, from_log=False)
+                await self._apply_block(index, data, from_log=False)
                 if led.height == before:  # it did not extend our chain: ask elsewhere
                     break
                 before = led.height
@@ -443,6 +481,15 @@ class Node:
                 for i in range(0, len(batch), 2000):
                     self.peers.broadcast("txs", batch[i:i + 2000])
 
+    async def watch_loop(self, period: float = 0.05) -> None:
+        """Measure how late the loop runs a task that is due: the time any handler, read
+        or apply held it."""
+        loop = asyncio.get_running_loop()
+        while not self.stopped.is_set():
+            due = loop.time() + period
+            await asyncio.sleep(period)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - due))
+
     # -- shutdown -----------------------------------------------------------------------------
     async def hand_over(self, timeout: float = 3.0) -> None:
         """Stop taking submissions; a leader hands leadership to its most caught-up
@@ -462,4 +509,5 @@ class Node:
 
     def close(self) -> None:
         self.reader.close()
+        self.checker.close()
         self.dd.close()

@@ -37,7 +37,7 @@ from .cache import RecentCache
 from .raft_store import write_conf_state
 from .sqlite import select_in, transaction
 from .state_filter import StateFilter
-from .tx_index import NAMES, TxIndex, nonce_key
+from .tx_index import NAMES, TxIndex, nonce_key, shorts
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NULL,
@@ -147,6 +147,7 @@ class LedgerStore:
         self.genesis = genesis
         self.keep_bodies = keep_bodies
         self.cache = RecentCache(cache_keys)
+        self._candidates: dict[str, tuple[int, np.ndarray]] = {}
         if not readonly:
             conn.executescript(_SCHEMA)
         meta = dict(conn.execute("SELECT k, v FROM ledger_meta"))
@@ -208,8 +209,13 @@ class LedgerStore:
         out: list[tuple[int, object]] = []
         for height, blob in select_in(self.conn, f"SELECT height, {column} FROM blocks WHERE height IN ({{}})",
                                       by_height):
-            vals = msgpack.unpackb(blob, raw=False) if width is None else _cut(blob, width)
-            out += [(s, vals[s & POS_MASK]) for s in by_height[height] if (s & POS_MASK) < len(vals)]
+            if width is None:
+                vals = msgpack.unpackb(blob, raw=False)
+                out += [(s, vals[s & POS_MASK]) for s in by_height[height] if (s & POS_MASK) < len(vals)]
+            else:   # only the items asked for, not the whole column
+                n = len(blob) // width
+                out += [(s, blob[(s & POS_MASK) * width:((s & POS_MASK) + 1) * width])
+                        for s in by_height[height] if (s & POS_MASK) < n]
         return out
 
     def tx_record(self, tx_id: str) -> TxRecord | None:
@@ -218,6 +224,23 @@ class LedgerStore:
             return None
         (_, code), = self._fetch("code", [seq])
         return TxRecord(tx_id, seq >> POS_BITS, seq & POS_MASK, CODES[code[0]])
+
+    def committed_among(self, txs: list[Tx]) -> set[str]:
+        """The tx_ids of `txs` that are committed: those whose signer and nonce the nonce
+        filter has never seen (nearly all, for transactions a node is sent) are
+        answered at once, without a lookup."""
+        if not txs:
+            return set()
+        maybe = self.index.bloom.contains(shorts(b"".join(nonce_key(t.signer, t.nonce) for t in txs), 16))
+        return {t.tx_id for t, m in zip(txs, maybe.tolist()) if m and self.tx_record(t.tx_id) is not None}
+
+    def committed_record(self, tx: Tx) -> TxRecord | None:
+        """`tx_record` of a transaction at hand: a new one (whose signer and nonce were
+        never committed, as for nearly every one a node is sent) is answered by the nonce
+        filter, without a lookup."""
+        if not self.index.may_have_nonce(nonce_key(tx.signer, tx.nonce)):
+            return None
+        return self.tx_record(tx.tx_id)
 
     def block_header(self, height: int) -> tuple[BlockHeader, bytes, str] | None:
         row = self.conn.execute("SELECT header, sig, hash FROM blocks WHERE height=?", (height,)).fetchone()
@@ -251,8 +274,16 @@ class LedgerStore:
 
     def history_candidates(self, subject: str) -> np.ndarray:
         """Sorted seqs that may touch a customer, from the in-memory index (so on the
-        thread that applies blocks); `history_page` confirms and reads them."""
-        return self.index.subject_candidates(subject)
+        thread that applies blocks); `history_page` confirms and reads them. The last few
+        customers' are kept until the next block, for a client paging through."""
+        hit = self._candidates.get(subject)
+        if hit is not None and hit[0] == self.height:
+            return hit[1]
+        seqs = self.index.subject_candidates(subject)
+        self._candidates[subject] = (self.height, seqs)
+        if len(self._candidates) > 32:
+            del self._candidates[next(iter(self._candidates))]
+        return seqs
 
     def history_page(self, subject: str, candidates: np.ndarray, *, after: int | None = None,
                      descending: bool = False, limit: int = 100) -> tuple[list[HistoryEntry], bool]:

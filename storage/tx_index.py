@@ -161,12 +161,18 @@ class TxIndex:
             self._joined[name] = (np.concatenate(ks), np.concatenate(ss)) if ks else (np.empty(0, _I8),) * 2
         return self._joined[name]
 
-    def _candidates(self, name: str, keys: np.ndarray) -> list[int]:
-        """Seqs filed under any of `keys`, in memory and in the runs."""
+    def _candidate_array(self, name: str, keys: np.ndarray) -> np.ndarray:
+        """Seqs filed under any of `keys`, in memory and in the runs (in no order)."""
         if name not in self.mem:
             raise LookupError(f"this index keeps no {name} lookups")
         mk, ms = self._in_memory(name)
-        seqs = ms[np.isin(mk, keys)].tolist()
+        if len(keys) <= 4:   # a comparison per key beats isin's sort of the whole array
+            hit = mk == keys[0]
+            for k in keys[1:]:
+                hit |= mk == k
+        else:
+            hit = np.isin(mk, keys)
+        found = [ms[hit]]
         want: list[int] = []
         for run, _ in self.runs:
             if (name, run) not in self.fences:
@@ -175,8 +181,11 @@ class TxIndex:
             want += {_part_id(run, name, p) for lo, hi in _spans(lasts, firsts, keys) for p in range(lo, hi)}
         for pk, ps in select_in(self.conn, "SELECT keys, seqs FROM idx_parts WHERE id IN ({})", want):
             pk, ps = np.frombuffer(pk, _I8), np.frombuffer(ps, _I8)
-            seqs += [s for lo, hi in _spans(pk, pk, keys) for s in ps[lo:hi].tolist()]
-        return seqs
+            found += [ps[lo:hi] for lo, hi in _spans(pk, pk, keys)]
+        return np.concatenate(found)
+
+    def _candidates(self, name: str, keys: np.ndarray) -> list[int]:
+        return self._candidate_array(name, keys).tolist()
 
     # -- lookups ----------------------------------------------------------------------
     def seen_nonces(self, sns: list[bytes]) -> set[bytes]:
@@ -187,6 +196,11 @@ class TxIndex:
         seqs = self._candidates("nonce", keys) if len(keys) else []
         return {v for _, v in self.fetch("sn", seqs)} & set(sns) if seqs else set()
 
+    def may_have_nonce(self, sn: bytes) -> bool:
+        """False when no committed transaction has this nonce key (the Bloom filter's
+        answer, without a read)."""
+        return self.bloom.might_contain(short(sn))
+
     def seq_of(self, tx_id: bytes) -> int | None:
         """The seq of the first committed transaction with this id."""
         seqs = self._candidates("txid", np.array([short(tx_id)], _I8))
@@ -196,7 +210,7 @@ class TxIndex:
     def subject_candidates(self, subject: str) -> np.ndarray:
         """Seqs that may touch `subject`, sorted (a key collision adds a few that do not:
         confirm them with `fetch("subject", ...)`)."""
-        return np.unique(np.array(self._candidates("subject", subject_keys([subject])), _I8))
+        return np.sort(self._candidate_array("subject", subject_keys([subject])))
 
     def subject_seqs(self, subject: str, after: int, limit: int) -> list[int]:
         """Seqs of transactions touching `subject` after `after`, oldest first."""

@@ -149,11 +149,11 @@ def test_every_decode_path_answers_4xx_and_changes_nothing(tmp_path):
         assert r.status == 202 and [o["status_code"] for o in out] == [400, 202], out
         node.mempool.remove([out[1]["tx_id"]], 0.0)
         if packed is not None:
-            node._on_frame("node1", "txs", [packed])   # a peer's gossip: dropped, no exception
+            await node.take_gossip([packed])   # a peer's gossip: dropped, no exception
             block = make_block(node.key, height=node.dd.ledger.height + 1, prev_hash=node.dd.ledger.head_hash,
                                state_root=node.dd.ledger.state_root, timestamp=_now(), proposer="node1", term=1,
                                index=node.dd.ledger.applied_index + 1, txs=[packed], tx_ids=["00" * 32])
-            node._apply_block(block.header.index, block.encode(), from_log=False)
+            await node._apply_block(block.header.index, block.encode(), from_log=False)
         assert (len(node.mempool), node.dd.ledger.height) == before
 
     @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
@@ -247,7 +247,8 @@ async def test_a_stranger_is_refused_over_http_and_over_gossip(tmp_path):
         assert (await r.json())[0]["status_code"] == 403
         # over gossip: a peer that passes it on gets it dropped, not kept, not proposed
         gossiped = decode_tx(msgpack.packb(_register(stranger, "s4")))
-        node._on_frame("node1", "txs", [gossiped.encode()])
+        node._on_frame("node1", "txs", [gossiped.encode()])   # queued for the intake
+        await node.take_gossip(node.gossip_in.get_nowait())
         assert gossiped.tx_id not in node.mempool
         assert b'reason="unknown_signer_gossiped"} 1.0' in node.render_metrics()
         # a customer's own registered key is a member for its own record, not for another's
