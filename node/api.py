@@ -17,7 +17,7 @@ from node.admission import Refused
 from node.httpguard import GUARD, ConnectionGuard, guard_requests, guard_sweeper
 from node.ledger.canonical import EncodingError, unpack_strict
 from node.ledger.rules import k_customer, k_ticket
-from node.ledger.tx import TxError, admit
+from node.ledger.tx import TxError, admit, is_ident
 from node.mempool import MempoolFull
 from node.openapi import OPENAPI
 from node.reader import Busy
@@ -53,6 +53,13 @@ async def json_errors(request: web.Request, handler):
         request.app[NODE].metrics.busy_refusals.inc()
         return error(503, "busy", "too much heavy work (reads, large batches) at once on this node",
                      {"Retry-After": "1"})
+
+
+def _path_id(request: web.Request, name: str) -> str:
+    v = request.match_info[name]
+    if not is_ident(v):
+        raise _bad_request("bad_id", f"{name} is 1-128 characters of A-Z a-z 0-9 . _ : @ + -")
+    return v
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -251,7 +258,7 @@ async def status(request: web.Request) -> web.Response:
 
 async def customer(request: web.Request) -> web.Response:
     led = request.app[NODE].dd.ledger
-    cid = request.match_info["customer_id"]
+    cid = _path_id(request, "customer_id")
     rec = led.get(k_customer(cid))
     if rec is None:
         return error(404, "not_found", "no such customer")
@@ -276,7 +283,7 @@ async def history(request: web.Request) -> web.Response:
     desc, `limit` entries (default 100, at most 1000), `after` the `next` cursor of the
     page before ("HEIGHT.POSITION"): the entries strictly after it in that order."""
     node = request.app[NODE]
-    cid = request.match_info["customer_id"]
+    cid = _path_id(request, "customer_id")
     q = request.query
     order = q.get("order", "asc")
     if order not in ("asc", "desc"):
@@ -296,15 +303,16 @@ async def history(request: web.Request) -> web.Response:
 
 
 async def ticket(request: web.Request) -> web.Response:
-    t = request.app[NODE].dd.ledger.get(k_ticket(request.match_info["ticket_id"]))
+    tid = _path_id(request, "ticket_id")
+    t = request.app[NODE].dd.ledger.get(k_ticket(tid))
     if t is None:
         return error(404, "not_found", "no such ticket")
-    return web.json_response({"ticket_id": request.match_info["ticket_id"], **t})
+    return web.json_response({"ticket_id": tid, **t})
 
 
 async def loyalty(request: web.Request) -> web.Response:
     led = request.app[NODE].dd.ledger
-    cid = request.match_info["customer_id"]
+    cid = _path_id(request, "customer_id")
     balances = {k.split(b"\x00", 1)[1].decode(): v["balance"] for k, v in led.scan(b"lo/" + cid.encode() + b"\x00")}
     return web.json_response({"customer_id": cid, "balances": balances})
 

@@ -178,7 +178,12 @@ class Node:
         in a checker thread, so a peer's frame of thousands of transactions never holds
         the loop that drives Raft."""
         while not self.stopped.is_set():
-            await self.take_gossip(await self.gossip_in.get())
+            envs = await self.gossip_in.get()
+            try:
+                await self.take_gossip(envs)
+            except Exception:   # a peer's frame must never take the node down
+                log.exception("dropping a gossiped frame")
+                self.metrics.peer_frames_rejected.inc()
 
     async def take_gossip(self, envs: list) -> None:
         loop = asyncio.get_running_loop()

@@ -47,8 +47,13 @@ def _hex64(v: Any) -> str | None:
     return None if type(v) is str and _HEX64.match(v) else "must be 64 lowercase hex characters"
 
 
+def is_ident(v: Any) -> bool:
+    """An id (customer, ticket, org, program...) as transactions carry them."""
+    return type(v) is str and _ID.match(v) is not None
+
+
 def _ident(v: Any) -> str | None:
-    return None if type(v) is str and _ID.match(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : @ + -"
+    return None if is_ident(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : @ + -"
 
 
 def _text(max_len: int) -> Check:
