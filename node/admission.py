@@ -15,10 +15,10 @@ import math
 from collections import OrderedDict
 from typing import Any, Callable
 
-from node.config import LimitsConfig
-from node.ledger.genesis import Genesis
-from node.ledger.rules import k_customer, k_identity
-from node.ledger.tx import Tx
+from crmledger.node.config import LimitsConfig
+from crmledger.ledger.genesis import Genesis
+from crmledger.ledger.rules import k_customer, k_identity
+from crmledger.ledger.tx import Tx
 
 
 class Refused(Exception):

@@ -13,16 +13,16 @@ import time
 import msgpack
 from aiohttp import web
 
-from node.admission import Refused
-from node.httpguard import GUARD, ConnectionGuard, guard_requests, guard_sweeper
-from node.ledger.canonical import EncodingError, unpack_strict
-from node.ledger.rules import k_customer, k_ticket
-from node.ledger.tx import TxError, admit, is_ident
-from node.mempool import MempoolFull
-from node.openapi import OPENAPI
-from node.reader import Busy
-from node.runtime import Node
-from storage.ledger_store import POS_BITS, LedgerStore, seq_of
+from crmledger.node.admission import Refused
+from crmledger.node.httpguard import GUARD, ConnectionGuard, guard_requests, guard_sweeper
+from crmledger.ledger.canonical import EncodingError, unpack_strict
+from crmledger.ledger.rules import k_customer, k_ticket
+from crmledger.ledger.tx import TxError, admit, is_ident
+from crmledger.node.mempool import MempoolFull
+from crmledger.node.openapi import OPENAPI
+from crmledger.node.reader import Busy
+from crmledger.node.runtime import Node
+from crmledger.storage.ledger_store import POS_BITS, LedgerStore, seq_of
 
 NODE = web.AppKey("node", Node)
 MAX_BODY = 8 << 20

@@ -20,7 +20,7 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from node.config import LimitsConfig
+from crmledger.node.config import LimitsConfig
 
 
 class ConnectionGuard:

@@ -12,11 +12,11 @@ import time
 
 from aiohttp import web
 
-from node.api import make_app
-from node.httpguard import GuardedRunner
-from node.config import ConfigError, load_config
-from node.ledger.genesis import GenesisError
-from node.runtime import Node, NodeError
+from crmledger.node.api import make_app
+from crmledger.node.httpguard import GuardedRunner
+from crmledger.node.config import ConfigError, load_config
+from crmledger.ledger.genesis import GenesisError
+from crmledger.node.runtime import Node, NodeError
 
 
 class _JsonLines(logging.Formatter):

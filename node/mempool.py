@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
-from node.ledger.tx import Tx
+from crmledger.ledger.tx import Tx
 
 
 class MempoolFull(Exception):

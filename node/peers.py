@@ -16,8 +16,8 @@ import ssl
 from collections import Counter, deque
 from typing import Callable
 
-from node.ledger.genesis import Genesis, NodeInfo
-from node.wire import WireError, frame, read_frame
+from crmledger.ledger.genesis import Genesis, NodeInfo
+from crmledger.node.wire import WireError, frame, read_frame
 
 log = logging.getLogger("crmledger.peers")
 Handler = Callable[[str, str, object], None]

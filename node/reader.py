@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from node.ledger.genesis import Genesis
-from storage.ledger_store import LedgerStore
-from storage.sqlite import connect
+from crmledger.ledger.genesis import Genesis
+from crmledger.storage.ledger_store import LedgerStore
+from crmledger.storage.sqlite import connect
 
 T = TypeVar("T")
 

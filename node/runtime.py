@@ -16,23 +16,23 @@ from dataclasses import dataclass
 
 import msgpack
 
-from consensus import (
+from crmledger.consensus import (
     Config, ConfChange, EntryType, Message, NotLeader, ProposalDropped, RawNode, Ready,
     Snapshot, StateType, bootstrap_snapshot,
 )
-from consensus.messages import HardState, apply_conf_change
-from node.admission import Admission
-from node.config import NodeConfig
-from node.ledger.block import Block, BlockError, decode_block, make_block
-from node.ledger.genesis import load_genesis
-from node.ledger.keys import SigningKey
-from node.ledger.tx import Tx, TxError, decode_tx
-from node.mempool import Mempool, MempoolFull
-from node.metrics import Metrics
-from node.peers import PeerLinks
-from node.reader import Reader, Workers
-from node.wire import WireError, message_from_wire, message_to_wire
-from storage.datadir import open_data_dir
+from crmledger.consensus.messages import HardState, apply_conf_change
+from crmledger.node.admission import Admission
+from crmledger.node.config import NodeConfig
+from crmledger.ledger.block import Block, BlockError, decode_block, make_block
+from crmledger.ledger.genesis import load_genesis
+from crmledger.ledger.keys import SigningKey
+from crmledger.ledger.tx import Tx, TxError, decode_tx
+from crmledger.node.mempool import Mempool, MempoolFull
+from crmledger.node.metrics import Metrics
+from crmledger.node.peers import PeerLinks
+from crmledger.node.reader import Reader, Workers
+from crmledger.node.wire import WireError, message_from_wire, message_to_wire
+from crmledger.storage.datadir import open_data_dir
 
 log = logging.getLogger("crmledger.node")
 

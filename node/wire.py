@@ -8,7 +8,7 @@ import struct
 
 import msgpack
 
-from consensus import (
+from crmledger.consensus import (
     ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMeta,
 )
 

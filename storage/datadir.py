@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.ledger.genesis import Genesis, genesis_from_dict
+from crmledger.ledger.genesis import Genesis, genesis_from_dict
 
 from .ledger_store import LedgerStore
 from .private_store import PrivateStore

@@ -25,19 +25,19 @@ from typing import Iterator, NamedTuple
 import msgpack
 import numpy as np
 
-from consensus import ConfState
-from node.ledger import stateroot
-from node.ledger.block import Block, BlockHeader, check_block
-from node.ledger.canonical import canonical_bytes
-from node.ledger.genesis import Genesis
-from node.ledger.rules import CODES, BlockOutcome, apply_block, keys_for
-from node.ledger.tx import Tx
+from crmledger.consensus import ConfState
+from crmledger.ledger import stateroot
+from crmledger.ledger.block import Block, BlockHeader, check_block
+from crmledger.ledger.canonical import canonical_bytes
+from crmledger.ledger.genesis import Genesis
+from crmledger.ledger.rules import CODES, BlockOutcome, apply_block, keys_for
+from crmledger.ledger.tx import Tx
 
-from .cache import RecentCache
+from .index.cache import RecentCache
 from .raft_store import write_conf_state
 from .sqlite import select_in, transaction
-from .state_filter import StateFilter
-from .tx_index import NAMES, TxIndex, nonce_key, shorts
+from .index.state_filter import StateFilter
+from .index.tx_index import NAMES, TxIndex, nonce_key, shorts
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NULL,

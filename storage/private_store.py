@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgpack
 
-from node.ledger.canonical import canonical_bytes
+from crmledger.ledger.canonical import canonical_bytes
 
 from .sqlite import connect, transaction
 

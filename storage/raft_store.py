@@ -15,11 +15,11 @@ from typing import Sequence
 
 import msgpack
 
-from consensus import (
+from crmledger.consensus import (
     CompactedError, ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta,
     SnapshotOutOfDate, UnavailableError,
 )
-from consensus.storage import limit_size
+from crmledger.consensus.storage import limit_size
 
 from .sqlite import connect, transaction
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from node.ledger.keys import SigningKey
-from node.ledger.tx import sign_tx
-from node.localcluster import ROOT, LocalCluster, wait_for  # noqa: F401  (re-exported for the tests)
+from crmledger.ledger.keys import SigningKey
+from crmledger.ledger.tx import sign_tx
+from crmledger.node.bench.localcluster import LocalCluster, wait_for  # noqa: F401  (re-exported for the tests)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Cluster(LocalCluster):

@@ -1,6 +1,6 @@
 import pytest
 
-from storage.datadir import open_data_dir
+from crmledger.storage.datadir import open_data_dir
 from tests.ledger_kit import GENESIS, Chain
 
 

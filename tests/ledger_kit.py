@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 
-from node.ledger.block import Block, make_block
-from node.ledger.genesis import genesis_from_dict
-from node.ledger.keys import SigningKey
-from node.ledger.tx import Tx, admit, sign_tx
+from crmledger.ledger.block import Block, make_block
+from crmledger.ledger.genesis import genesis_from_dict
+from crmledger.ledger.keys import SigningKey
+from crmledger.ledger.tx import Tx, admit, sign_tx
 
 T0 = 1_760_000_000_000  # ms
 

@@ -8,13 +8,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from node.api import make_app
-from node.cluster_init import init_cluster
-from node.config import load_config
-from node.ledger.keys import SigningKey
-from node.ledger.tx import sign_tx
-from node.openapi import OPENAPI
-from node.runtime import Node
+from crmledger.node.api import make_app
+from crmledger.node.ops.cluster_init import init_cluster
+from crmledger.node.config import load_config
+from crmledger.ledger.keys import SigningKey
+from crmledger.ledger.tx import sign_tx
+from crmledger.node.openapi import OPENAPI
+from crmledger.node.runtime import Node
 
 
 def _node(tmp_path, **tables) -> tuple[Node, SigningKey]:

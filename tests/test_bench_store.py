@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_store_runs_and_prints_each_figure(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "node.cli", "bench-store", "--transactions", "3000",
+    out = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "bench-store", "--transactions", "3000",
                           "--block", "100", "--runs", "2", "--workdir", str(tmp_path / "w")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -28,7 +28,7 @@ def test_bench_store_runs_and_prints_each_figure(tmp_path):
 
 
 def test_bench_store_refuses_a_run_count_below_one(capsys):
-    from node.cli import main
+    from crmledger.node.ops.cli import main
     with pytest.raises(SystemExit) as e:
         main(["bench-store", "--runs", "0"])
     assert e.value.code == 2 and "--runs must be positive" in capsys.readouterr().err

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from node.ledger.keys import SigningKey
-from node.tlscerts import make_certificate
-from node.wire import frame
-from node.verify import verify
+from crmledger.ledger.keys import SigningKey
+from crmledger.node.ops.tlscerts import make_certificate
+from crmledger.node.wire import frame
+from crmledger.node.ops.verify import verify
 from tests.cluster_kit import ROOT, Cluster, wait_for
 
 
@@ -94,7 +94,7 @@ def test_a_peer_not_in_the_genesis_is_refused(cluster, tmp_path):
     ctx.verify_mode = ssl.CERT_NONE
     ctx.load_cert_chain(str(cert), str(key))
     peer_port = cluster.base + 100 + 2
-    genesis_hash = __import__("storage.datadir", fromlist=["genesis_of"]).genesis_of(cluster.dir).hash
+    genesis_hash = __import__("crmledger.storage.datadir", fromlist=["genesis_of"]).genesis_of(cluster.dir).hash
     with socket.create_connection(("127.0.0.1", peer_port), timeout=5) as raw:
         try:
             with ctx.wrap_socket(raw) as tls:
@@ -113,7 +113,7 @@ def test_a_peer_not_in_the_genesis_is_refused(cluster, tmp_path):
 def test_bad_config_is_one_line_not_a_traceback(tmp_path):
     f = tmp_path / "n.toml"
     f.write_text('node_id = "x"\n')
-    out = subprocess.run([sys.executable, "-m", "node.cli", "node", "--config", str(f)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "node", "--config", str(f)], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "missing key" in out.stderr
 
@@ -229,7 +229,7 @@ def test_malformed_frames_from_a_genesis_peer_are_dropped_and_counted(cluster):
     """Even a peer with a pinned certificate is cut off for a bad frame; the node lives on."""
     import struct
     import urllib.request
-    from storage.datadir import genesis_of
+    from crmledger.storage.datadir import genesis_of
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -254,8 +254,8 @@ def test_malformed_frames_from_a_genesis_peer_are_dropped_and_counted(cluster):
 def test_a_node_that_died_between_a_snapshot_and_its_blocks_resumes_on_start(tmp_path):
     """The Raft snapshot is written before the blocks it stands for are fetched: a node
     killed in between finds a snapshot ahead of its ledger and catches up when it starts."""
-    from consensus import HardState
-    from storage.datadir import open_data_dir
+    from crmledger.consensus import HardState
+    from crmledger.storage.datadir import open_data_dir
     c = Cluster(tmp_path, tables={"raft": {"snapshot_every_blocks": 4, "keep_entries": 2}})
     try:
         c.start_all()

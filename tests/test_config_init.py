@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from node.cluster_init import init_cluster
-from node.config import ConfigError, load_config
-from node.ledger.keys import SigningKey
-from node.tlscerts import fingerprint_pem
-from storage.datadir import genesis_of
+from crmledger.node.ops.cluster_init import init_cluster
+from crmledger.node.config import ConfigError, load_config
+from crmledger.ledger.keys import SigningKey
+from crmledger.node.ops.tlscerts import fingerprint_pem
+from crmledger.storage.datadir import genesis_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,11 +34,11 @@ def test_init_lays_out_a_consortium(tmp_path):
 
 
 def test_init_cli(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "node.cli", "init", "--nodes", "2", "--out", str(tmp_path / "x")],
-                        cwd=ROOT, capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "init", "--nodes", "2",
+                         "--out", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and "2-node" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "node.cli", "init", "--nodes", "0", "--out", str(tmp_path / "y")],
-                         cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "init", "--nodes", "0",
+                          "--out", str(tmp_path / "y")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "--nodes" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -82,3 +82,53 @@ def test_good_config_and_defaults(tmp_path):
     assert cfg.genesis == (tmp_path / "genesis.json").resolve()
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_the_example_consortium_in_configs_runs_once_init_fills_in_its_keys(tmp_path):
+    from dataclasses import fields
+
+    from crmledger.node.config import NodeConfig
+    from crmledger.node.runtime import Node
+
+    out = tmp_path / "mine"
+    r = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "init", "--from", str(ROOT / "configs"),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    g = genesis_of(out)
+    assert sorted(g.orgs) == ["acme", "globex", "initech"]
+    assert g.org_info["globex"].contact["email"] == "dpo@globex.example"
+    assert g.org_info["globex"].first_response_ms == 3_600_000
+    confs = sorted((ROOT / "configs").glob("*.toml"))
+    assert [c.name for c in confs] == ["acme-node.toml", "globex-node.toml", "initech-node.toml"]
+    for conf in confs:
+        text = conf.read_text()
+        lines = text.splitlines()
+        cfg = load_config(out / conf.name)   # as it is, once the keys exist
+        sections = {f.name: getattr(cfg, f.name) for f in fields(NodeConfig)}
+        for name, value in sections.items():   # every key is written out, each after a comment
+            keys = [f.name for f in fields(value)] if hasattr(value, "__dataclass_fields__") else \
+                ["listen"] if name.endswith("_listen") else [name]
+            for key in keys:
+                at = next(i for i, line in enumerate(lines) if line.startswith(f"{key} ="))
+                assert lines[at - 1].startswith("#") or lines[at - 2].startswith("#"), (conf.name, key)
+        node = Node(cfg)
+        try:
+            assert node.genesis.nodes[cfg.node_id].org in g.orgs
+        finally:
+            node.close()
+    # a second init into the same folder is refused, naming the file
+    r = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "init", "--from", str(ROOT / "configs"),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "exists already" in r.stderr
+
+
+def test_genesis_org_details_are_checked():
+    from crmledger.ledger.genesis import GenesisError, genesis_from_dict
+    from tests.ledger_kit import genesis_dict
+
+    for bad in ({"contact": {"name": 5}}, {"contact": {"fax": "x"}}, {"service_levels": {"resolution_ms": 0}},
+                {"service_levels": []}, {"motto": "x"}):
+        g = genesis_dict()
+        g["orgs"]["org1"].update(bad)
+        with pytest.raises(GenesisError, match="orgs.org1"):
+            genesis_from_dict(g)

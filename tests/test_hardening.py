@@ -13,14 +13,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from node.api import loads_strict, make_app
-from node.cluster_init import init_cluster
-from node.config import load_config
-from node.ledger import tx as tx_mod
-from node.ledger.block import make_block
-from node.ledger.keys import SigningKey
-from node.ledger.tx import TxError, decode_tx, parse_envelope, sign_tx, signing_bytes
-from node.runtime import Node
+from crmledger.node.api import loads_strict, make_app
+from crmledger.node.ops.cluster_init import init_cluster
+from crmledger.node.config import load_config
+from crmledger.ledger import tx as tx_mod
+from crmledger.ledger.block import make_block
+from crmledger.ledger.keys import SigningKey
+from crmledger.ledger.tx import TxError, decode_tx, parse_envelope, sign_tx, signing_bytes
+from crmledger.node.runtime import Node
 
 
 def _node(tmp_path, **tables) -> tuple[Node, SigningKey]:
@@ -317,7 +317,7 @@ class _Served:
     async def __aenter__(self):
         from aiohttp import web
 
-        from node.httpguard import GuardedRunner
+        from crmledger.node.httpguard import GuardedRunner
         self.runner = GuardedRunner(make_app(self.node), access_log=None, shutdown_timeout=0.5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)

@@ -3,7 +3,7 @@ import hashlib
 
 from hypothesis import given, strategies as st
 
-from node.ledger.merkle import EMPTY_ROOT, inclusion_proof, merkle_root, verify_inclusion
+from crmledger.ledger.merkle import EMPTY_ROOT, inclusion_proof, merkle_root, verify_inclusion
 
 _ids = st.lists(st.binary(min_size=32, max_size=32).map(bytes.hex), min_size=1, max_size=70)
 

@@ -5,7 +5,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from consensus import (
+from crmledger.consensus import (
     ConfChangeType, Entry, Message, MessageType as MT, NotLeader,
     ProposalDropped, Snapshot, SnapshotMeta, StateType,
 )

@@ -4,15 +4,15 @@ import random
 import pytest
 from hypothesis import given, strategies as st
 
-from consensus import (
+from crmledger.consensus import (
     CompactedError, Config, ConfChange, ConfChangeType, ConfState, Entry, HardState,
     MemoryStorage, Message, MessageType as MT, NotLeader, RawNode, RaftUsageError,
     UnavailableError,
 )
-from consensus.log import RaftLog
-from consensus.messages import apply_conf_change
-from consensus.progress import Progress, ProgressState
-from consensus.quorum import VoteResult, committed_index, vote_result
+from crmledger.consensus.log import RaftLog
+from crmledger.consensus.messages import apply_conf_change
+from crmledger.consensus.progress import Progress, ProgressState
+from crmledger.consensus.quorum import VoteResult, committed_index, vote_result
 
 
 def test_committed_index_is_the_majority_match():

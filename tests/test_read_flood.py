@@ -13,7 +13,7 @@ import time
 import aiohttp
 import pytest
 
-from node.ledger.tx import sign_tx
+from crmledger.ledger.tx import sign_tx
 from tests.cluster_kit import Cluster, wait_for
 
 pytestmark = pytest.mark.solo   # it measures latency: run alone, not beside other tests

@@ -4,8 +4,8 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from node.ledger.rules import k_customer, k_loyalty, k_ticket
-from storage.datadir import open_data_dir
+from crmledger.ledger.rules import k_customer, k_loyalty, k_ticket
+from crmledger.storage.datadir import open_data_dir
 from tests.ledger_kit import GENESIS, T0, Chain, key, tx
 
 A1, A2 = key("org1-admin"), key("org2-admin")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from node.localcluster import free_ports, wait_for
+from crmledger.node.bench.localcluster import free_ports, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,10 +2,10 @@
 its bound, keeps what was used last, and a ledger applied through a tiny cache ends in
 the same state, with the same state root, as one through a large cache and as the root
 recomputed from the whole state."""
-from node.ledger import stateroot
-from storage.cache import RecentCache
-from storage.ledger_store import LedgerStore
-from storage.sqlite import connect
+from crmledger.ledger import stateroot
+from crmledger.storage.index.cache import RecentCache
+from crmledger.storage.ledger_store import LedgerStore
+from crmledger.storage.sqlite import connect
 from tests.ledger_kit import GENESIS, Chain, key, tx
 
 

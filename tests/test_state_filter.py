@@ -7,10 +7,10 @@ from functools import partial
 
 import pytest
 
-from node.ledger import stateroot
-from storage.ledger_store import LedgerStore
-from storage.sqlite import connect
-from storage.state_filter import StateFilter, key_hashes
+from crmledger.ledger import stateroot
+from crmledger.storage.ledger_store import LedgerStore
+from crmledger.storage.sqlite import connect
+from crmledger.storage.index.state_filter import StateFilter, key_hashes
 from tests.ledger_kit import GENESIS, Chain, key, registrations, tx
 
 
@@ -37,9 +37,9 @@ def _blocks(rng, n_blocks):
 
 
 def test_reads_through_the_filter_give_the_same_ledger(tmp_path, monkeypatch):
-    monkeypatch.setattr("storage.bloom.MIN_BITS", 64)
-    monkeypatch.setattr("storage.state_filter.CHECKPOINT", 3)
-    monkeypatch.setattr("storage.ledger_store.StateFilter", partial(StateFilter, initial=4))   # rebuilt often
+    monkeypatch.setattr("crmledger.storage.index.bloom.MIN_BITS", 64)
+    monkeypatch.setattr("crmledger.storage.index.state_filter.CHECKPOINT", 3)
+    monkeypatch.setattr("crmledger.storage.ledger_store.StateFilter", partial(StateFilter, initial=4))   # rebuilt often
     rng = random.Random(7)
     path = tmp_path / "f.db"
     filtered = LedgerStore(connect(path), GENESIS, cache_keys=2)
@@ -98,7 +98,7 @@ def test_a_store_without_a_stored_filter_builds_one_from_its_state(tmp_path, reo
 
 def test_a_key_read_as_absent_that_exists_fails_the_block_instead_of_overwriting(tmp_path):
     import sqlite3
-    from storage.cache import RecentCache
+    from crmledger.storage.index.cache import RecentCache
     store = LedgerStore(connect(tmp_path / "f.db"), GENESIS, cache_keys=2)
     chain = Chain(store)
     chain.commit(registrations(["c1"]))

@@ -2,7 +2,7 @@
 entries of the state after them, however the entries are summed."""
 from hypothesis import given, settings, strategies as st
 
-from node.ledger import stateroot
+from crmledger.ledger import stateroot
 
 _state = st.dictionaries(st.binary(min_size=1, max_size=6), st.binary(max_size=6), max_size=12)
 

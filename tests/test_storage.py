@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from consensus import (
+from crmledger.consensus import (
     CompactedError, ConfState, Entry, HardState, MemoryStorage, SnapshotOutOfDate, UnavailableError,
     bootstrap_snapshot,
 )
-from node.ledger.tx import profile_hash
-from storage.datadir import open_data_dir
-from storage.private_store import PrivateStore
-from storage.raft_store import SqliteRaftStorage, write_conf_state
-from storage.sqlite import transaction
+from crmledger.ledger.tx import profile_hash
+from crmledger.storage.datadir import open_data_dir
+from crmledger.storage.private_store import PrivateStore
+from crmledger.storage.raft_store import SqliteRaftStorage, write_conf_state
+from crmledger.storage.sqlite import transaction
 from tests.ledger_kit import GENESIS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def _same(a, b):
 
 @pytest.mark.parametrize("tail_bytes", [16 << 20, 120])
 def test_raft_store_behaves_like_memory_storage(tmp_path, monkeypatch, tail_bytes):
-    from storage import raft_store
+    from crmledger.storage import raft_store
     monkeypatch.setattr(raft_store, "TAIL_BYTES", tail_bytes)  # also with a tail of a few entries
     mem, sql = _pair(tmp_path)
     rng = random.Random(5)
@@ -130,7 +130,7 @@ def test_ledger_reopens_where_it_stopped(tmp_path):
     d2.close()
     other = dict(GENESIS.raw)
     other["chain_id"] = "another"
-    from node.ledger.genesis import genesis_from_dict
+    from crmledger.ledger.genesis import genesis_from_dict
     with pytest.raises(ValueError, match="genesis"):
         open_data_dir(tmp_path / "n", genesis_from_dict(other))
     import sqlite3
@@ -146,13 +146,13 @@ def test_ledger_reopens_where_it_stopped(tmp_path):
 WRITER = r"""
 import sys
 from functools import partial
-from consensus import Entry, HardState, bootstrap_snapshot
-import storage.ledger_store, storage.state_filter
-from storage.datadir import open_data_dir
+from crmledger.consensus import Entry, HardState, bootstrap_snapshot
+import crmledger.storage.ledger_store, crmledger.storage.index.state_filter
+from crmledger.storage.datadir import open_data_dir
 from tests.ledger_kit import GENESIS, Chain, key, tx
 # small enough that index merges and state-filter checkpoints happen between the kills
-storage.state_filter.CHECKPOINT = 4
-storage.ledger_store.TxIndex = partial(storage.ledger_store.TxIndex, merge_at=400)
+crmledger.storage.index.state_filter.CHECKPOINT = 4
+crmledger.storage.ledger_store.TxIndex = partial(crmledger.storage.ledger_store.TxIndex, merge_at=400)
 d = open_data_dir(sys.argv[1], GENESIS)
 if d.raft.last_index() == 0:
     d.raft.bootstrap(bootstrap_snapshot([1, 2, 3]), HardState(term=2))
@@ -177,7 +177,7 @@ while True:
 
 
 def test_kill_9_leaves_whole_blocks_and_verify_passes(tmp_path):
-    from node.verify import verify
+    from crmledger.node.ops.verify import verify
     rng = random.Random(7)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     heights = []

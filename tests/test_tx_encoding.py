@@ -7,9 +7,9 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from node.ledger.canonical import EncodingError, canonical_bytes, trusted_canonical_bytes, unpack_strict
-from node.ledger.keys import SigningKey, verify, verify_with_cryptography
-from node.ledger.tx import TxError, admit, decode_tx, parse_envelope, sign_tx
+from crmledger.ledger.canonical import EncodingError, canonical_bytes, trusted_canonical_bytes, unpack_strict
+from crmledger.ledger.keys import SigningKey, verify, verify_with_cryptography
+from crmledger.ledger.tx import TxError, admit, decode_tx, parse_envelope, sign_tx
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "tx_vectors.json").read_text())
 
@@ -149,7 +149,7 @@ def test_pem_round_trip():
 
 
 def test_profile_hash_as_spec_says():
-    from node.ledger.tx import profile_hash
+    from crmledger.ledger.tx import profile_hash
     salt = bytes.fromhex("00112233445566778899aabbccddeeff")
     profile = {"phone": "+1 555", "email": "a@b.c", "name": "Ada"}
     packed = msgpack.packb({"email": "a@b.c", "name": "Ada", "phone": "+1 555"}, use_bin_type=True)

@@ -7,9 +7,9 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from storage.bloom import Bloom
-from storage.sqlite import connect
-from storage.tx_index import TxIndex
+from crmledger.storage.index.bloom import Bloom
+from crmledger.storage.sqlite import connect
+from crmledger.storage.index.tx_index import TxIndex
 
 
 @given(st.lists(st.integers(min_value=-2 ** 63, max_value=2 ** 63 - 1), max_size=300, unique=True))
@@ -53,9 +53,9 @@ def test_lookups_agree_with_a_dictionary_across_merges_and_reopen(tmp_path, monk
     # a small filter has to grow, and is rebuilt; a capped one stops growing and lets more
     # absent keys through to the runs, which must still answer exactly; with tiny parts,
     # the keys of a busy customer span many parts of a run
-    monkeypatch.setattr("storage.bloom.MIN_BITS", 64)
-    monkeypatch.setattr("storage.bloom.MAX_BITS", max_bits)
-    monkeypatch.setattr("storage.tx_index.PART", part)
+    monkeypatch.setattr("crmledger.storage.index.bloom.MIN_BITS", 64)
+    monkeypatch.setattr("crmledger.storage.index.bloom.MAX_BITS", max_bits)
+    monkeypatch.setattr("crmledger.storage.index.tx_index.PART", part)
     rng = random.Random(11)
     conn = connect(tmp_path / "i.db")
     conn.execute("CREATE TABLE ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
@@ -116,9 +116,9 @@ def test_a_nonce_only_index_finds_duplicates_and_refuses_other_lookups(tmp_path)
 
 def test_an_index_in_an_older_layout_is_rebuilt_from_the_blocks(tmp_path, monkeypatch, caplog):
     from functools import partial
-    from storage.datadir import open_data_dir
+    from crmledger.storage.datadir import open_data_dir
     from tests.ledger_kit import GENESIS, Chain, registrations
-    monkeypatch.setattr("storage.ledger_store.TxIndex", partial(TxIndex, merge_at=100))   # merges as it rebuilds
+    monkeypatch.setattr("crmledger.storage.ledger_store.TxIndex", partial(TxIndex, merge_at=100))   # merges as it rebuilds
     d = open_data_dir(tmp_path / "n", GENESIS)
     ch = Chain(d.ledger)
     for b in range(6):
@@ -131,7 +131,7 @@ def test_an_index_in_an_older_layout_is_rebuilt_from_the_blocks(tmp_path, monkey
     c.execute("DELETE FROM ledger_meta WHERE k LIKE 'idx_%'")
     c.executemany("INSERT INTO ledger_meta VALUES (?, ?)", [("idx_merged", b"99"), ("idx_levels", b"\x91\x01")])
     c.close()
-    monkeypatch.setattr("storage.ledger_store._SAY_AFTER", 2)
+    monkeypatch.setattr("crmledger.storage.ledger_store._SAY_AFTER", 2)
     with caplog.at_level("INFO", logger="crmledger.storage"):
         d = open_data_dir(tmp_path / "n")
     assert "reading the transaction index back from blocks 1 to 6" in caplog.text   # progress on long work

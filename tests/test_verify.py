@@ -10,8 +10,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from node.verify import verify
-from storage.datadir import open_data_dir
+from crmledger.node.ops.verify import verify
+from crmledger.storage.datadir import open_data_dir
 from tests.ledger_kit import GENESIS, Chain, key, registrations, tx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def test_honest_chain_verifies(honest):
 
 
 def test_cli_exit_codes(honest, tmp_path):
-    cmd = [sys.executable, "-m", "node.cli", "verify", "--data-dir"]
+    cmd = [sys.executable, "-m", "crmledger.node.ops.cli", "verify", "--data-dir"]
     ok = subprocess.run(cmd + [str(honest)], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.startswith("ok: 13 blocks")
     bad = _copy(honest, tmp_path)
@@ -114,8 +114,8 @@ def _env_start(p, height, pos):
 def _rewrite_header(p, h):
     """A forger who changes a header and recomputes its hash, but cannot sign it."""
     import hashlib
-    from node.ledger.block import BLOCK_PREFIX
-    from node.ledger.canonical import canonical_bytes
+    from crmledger.ledger.block import BLOCK_PREFIX
+    from crmledger.ledger.canonical import canonical_bytes
     m = _header(p, h)
     m["timestamp"] += 1
     hb = canonical_bytes(m)

@@ -6,8 +6,8 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from consensus import ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMeta
-from node.wire import MAX_FRAME, WireError, frame, message_from_wire, message_to_wire, read_frame
+from crmledger.consensus import ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMeta
+from crmledger.node.wire import MAX_FRAME, WireError, frame, message_from_wire, message_to_wire, read_frame
 
 
 def _read(data: bytes):

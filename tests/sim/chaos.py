@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from consensus import ConfChangeType, EntryType, NotLeader, ProposalDropped, RaftUsageError
-from consensus.messages import ConfChange
+from crmledger.consensus import ConfChangeType, EntryType, NotLeader, ProposalDropped, RaftUsageError
+from crmledger.consensus.messages import ConfChange
 
 from .cluster import Cluster, Faults, InvariantViolation
 

@@ -15,11 +15,11 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from consensus import (
+from crmledger.consensus import (
     Config, ConfChange, ConfChangeType, Entry, EntryType, HardState, MemoryStorage, Message,
     RawNode, Ready, StateType, bootstrap_snapshot,
 )
-from storage.raft_store import SqliteRaftStorage
+from crmledger.storage.raft_store import SqliteRaftStorage
 
 
 class InvariantViolation(AssertionError):

@@ -5,9 +5,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from node.ledger.canonical import canonical_bytes
-from node.ledger.keys import SigningKey
-from node.ledger.tx import TX_PREFIX
+from crmledger.ledger.canonical import canonical_bytes
+from crmledger.ledger.keys import SigningKey
+from crmledger.ledger.tx import TX_PREFIX
 
 SEED = hashlib.sha256(b"crmledger test vector key").digest()
 KEY = SigningKey.from_seed(SEED)

@@ -35,7 +35,7 @@ import msgpack
 import numpy as np
 
 from .bloom import Bloom, crc_keys
-from .sqlite import select_in, transaction
+from ..sqlite import select_in, transaction
 
 NAMES = ("txid", "nonce", "subject")
 PART = 512          # keys per stored part of a run

@@ -3,7 +3,6 @@ free ports, `init`, start, stop (SIGTERM, then SIGKILL after a timeout), status.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import socket
@@ -14,9 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from node.cluster_init import init_cluster
+from crmledger.node.ops.cluster_init import init_cluster
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_ports(offsets: list[int]) -> int:
@@ -59,13 +57,12 @@ class LocalCluster:
         self.dir = init_cluster(folder, n, base_port=self.base, tables=tables)
         self.n = n
         self.procs: dict[int, subprocess.Popen] = {}
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def start(self, i: int) -> None:
         with open(self.dir / f"node{i}.log", "ab") as log:
             self.procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "node.cli", "node", "--config", str(self.dir / f"node{i}.toml")],
-                stdout=log, stderr=log, env=self.env, cwd=ROOT)
+                [sys.executable, "-m", "crmledger.node.ops.cli", "node", "--config", str(self.dir / f"node{i}.toml")],
+                stdout=log, stderr=log, cwd=self.dir)
 
     def start_all(self, timeout: float = 30.0) -> int:
         for i in range(1, self.n + 1):

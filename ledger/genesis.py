@@ -32,6 +32,19 @@ class NodeInfo:
     tls_cert: str = ""    # the certificate itself (PEM), so every member can authenticate the node
 
 
+CONTACT_FIELDS = ("name", "address", "email", "phone", "url")
+SERVICE_LEVELS = ("first_response_ms", "resolution_ms")
+DEFAULT_SERVICE_LEVELS = {"first_response_ms": 4 * 3600_000, "resolution_ms": 5 * 24 * 3600_000}
+
+
+@dataclass(frozen=True, slots=True)
+class OrgInfo:
+    """What the consortium publishes of an org besides its keys (SPEC §3)."""
+    contact: Mapping[str, str]          # name, address, email, phone, url (any may be absent)
+    first_response_ms: int              # a ticket not answered within this is escalated
+    resolution_ms: int                  # ... and one not resolved within this
+
+
 @dataclass(frozen=True, slots=True)
 class Genesis:
     chain_id: str
@@ -39,6 +52,7 @@ class Genesis:
     nodes: Mapping[str, NodeInfo]
     hash: str
     raw: Mapping[str, Any]
+    org_info: Mapping[str, OrgInfo]         # org -> contact details and service levels
 
     def genesis_role(self, pubkey: str, org: str) -> str | None:
         return "admin" if pubkey in self.orgs.get(org, ()) else None
@@ -56,6 +70,22 @@ def _field(obj: Mapping, name: str, kind: type, where: str) -> Any:
     return v
 
 
+def _org_info(o: dict, where: str) -> OrgInfo:
+    unknown = set(o) - {"admins", "contact", "service_levels"}
+    if unknown:
+        raise GenesisError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    contact = o.get("contact", {})
+    if type(contact) is not dict or set(contact) - set(CONTACT_FIELDS) \
+            or not all(type(v) is str and len(v) <= 256 for v in contact.values()):
+        raise GenesisError(f"{where}.contact: a map of {', '.join(CONTACT_FIELDS)} to strings of up to 256 characters")
+    levels = {**DEFAULT_SERVICE_LEVELS, **o.get("service_levels", {})} \
+        if type(o.get("service_levels", {})) is dict else None
+    if levels is None or set(levels) != set(SERVICE_LEVELS) \
+            or not all(type(v) is int and v > 0 for v in levels.values()):
+        raise GenesisError(f"{where}.service_levels: positive integers (ms) for {', '.join(SERVICE_LEVELS)}")
+    return OrgInfo(MappingProxyType(dict(contact)), levels["first_response_ms"], levels["resolution_ms"])
+
+
 def genesis_from_dict(obj: Any) -> Genesis:
     if type(obj) is not dict:
         raise GenesisError("genesis must be a JSON object")
@@ -65,6 +95,7 @@ def genesis_from_dict(obj: Any) -> Genesis:
     if not orgs_in or not nodes_in:
         raise GenesisError("genesis needs at least one org and one node")
     orgs: dict[str, frozenset[str]] = {}
+    org_info: dict[str, OrgInfo] = {}
     for name, o in orgs_in.items():
         if not _NAME.match(name):
             raise GenesisError(f"org name {name!r} is not allowed")
@@ -72,6 +103,7 @@ def genesis_from_dict(obj: Any) -> Genesis:
         if admins is None or not admins or not all(type(a) is str and _HEX64.match(a) for a in admins):
             raise GenesisError(f"orgs.{name}.admins must be a non-empty list of hex Ed25519 keys")
         orgs[name] = frozenset(admins)
+        org_info[name] = _org_info(o, f"orgs.{name}")
     nodes: dict[str, NodeInfo] = {}
     raft_ids: set[int] = set()
     for nid, n in nodes_in.items():
@@ -102,7 +134,8 @@ def genesis_from_dict(obj: Any) -> Genesis:
         h = hashlib.sha256(b"crmledger/genesis/v1\n" + canonical_bytes(obj)).hexdigest()
     except EncodingError as e:
         raise GenesisError(f"genesis: {e}") from None
-    return Genesis(chain_id, MappingProxyType(orgs), MappingProxyType(nodes), h, MappingProxyType(obj))
+    return Genesis(chain_id, MappingProxyType(orgs), MappingProxyType(nodes), h, MappingProxyType(obj),
+                   MappingProxyType(org_info))
 
 
 def load_genesis(path: str | Path) -> Genesis:

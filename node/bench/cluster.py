@@ -26,9 +26,9 @@ from pathlib import Path
 
 import aiohttp
 
-from node.ledger.keys import SigningKey
-from node.ledger.tx import sign_tx
-from node.localcluster import LocalCluster, free_ports, wait_for
+from crmledger.ledger.keys import SigningKey
+from crmledger.ledger.tx import sign_tx
+from crmledger.node.bench.localcluster import LocalCluster, free_ports, wait_for
 
 T_PHASE = 60.0  # no phase runs longer than this
 

@@ -10,9 +10,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from node.ledger.keys import SigningKey
-from node.ledger.tx import TX_TYPES, sign_tx
-from storage.datadir import genesis_of
+from crmledger.ledger.keys import SigningKey
+from crmledger.ledger.tx import TX_TYPES, sign_tx
+from crmledger.storage.datadir import genesis_of
 
 
 def _get(url: str, timeout: float = 2.0):

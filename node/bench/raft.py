@@ -14,7 +14,7 @@ import sys
 import time
 from collections import deque
 
-from consensus import Config, MemoryStorage, RawNode, StateType
+from crmledger.consensus import Config, MemoryStorage, RawNode, StateType
 
 
 class _Cluster:
@@ -92,7 +92,7 @@ def committed_per_cpu_second(entries: int, batch: int, size: int, seed: int) -> 
 
 
 def reference_per_cpu_second(entries: int, batch: int, size: int) -> float:
-    from consensus import Entry
+    from crmledger.consensus import Entry
     logs: list[list] = [[], [], []]
     applied: list[list] = [[], [], []]
     payload = bytes(size)

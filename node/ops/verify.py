@@ -21,13 +21,13 @@ from pathlib import Path
 
 import msgpack
 
-from node.ledger.block import BLOCK_PREFIX, Block, BlockError, BlockHeader
-from node.ledger.canonical import canonical_bytes
-from node.ledger.genesis import GenesisError
-from node.ledger.tx import TxError, decode_tx, stored_tx
-from storage.datadir import genesis_of
-from storage.ledger_store import LedgerStore
-from storage.sqlite import connect
+from crmledger.ledger.block import BLOCK_PREFIX, Block, BlockError, BlockHeader
+from crmledger.ledger.canonical import canonical_bytes
+from crmledger.ledger.genesis import GenesisError
+from crmledger.ledger.tx import TxError, decode_tx, stored_tx
+from crmledger.storage.datadir import genesis_of
+from crmledger.storage.ledger_store import LedgerStore
+from crmledger.storage.sqlite import connect
 
 
 @dataclass(frozen=True)

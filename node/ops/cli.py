@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--config", required=True, help="the node's TOML file")
     i = sub.add_parser("init", help="create genesis, keys, certificates and node configs for a local consortium")
     i.add_argument("--nodes", type=int, default=3)
+    i.add_argument("--from", dest="template", default=None,
+                   help="a folder describing the consortium (genesis.json without keys, node configs), "
+                        "e.g. configs/: its keys are made and filled in")
     i.add_argument("--out", required=True, help="folder to create them in")
     i.add_argument("--base-port", type=int, default=8000, help="node K serves HTTP on BASE_PORT+K")
     i.add_argument("--peer-base-port", type=int, default=None, help="node K's peer port (default BASE_PORT+100+K)")
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
     a = ap.parse_args(argv)
     if a.cmd == "bench":
-        from .bench_cluster import run as run_bench
+        from crmledger.node.bench.cluster import run as run_bench
         if a.runs <= 0 or a.scale <= 0:
             ap.error("--runs and --scale must be positive")
         try:
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if a.cmd == "bench-store":
-        from .bench_store import run as run_store
+        from crmledger.node.bench.store import run as run_store
         if a.transactions < a.block or a.block <= 0:
             ap.error("need --transactions >= --block > 0")
         if a.runs <= 0:
@@ -66,23 +69,29 @@ def main(argv: list[str] | None = None) -> int:
         run_store(a.transactions, a.block, workdir=a.workdir, runs=a.runs)
         return 0
     if a.cmd in ("status", "keygen", "submit"):
-        from . import client
+        from . import client_cmds as client
         if a.cmd == "status":
             return client.print_status(a.cluster_dir)
         if a.cmd == "keygen":
             return client.keygen(a.out)
         return client.submit(a.node, a.key, a.type_, a.org, a.payload, not a.no_wait, a.print_only)
     if a.cmd == "node":
-        from .main import run as run_node
+        from crmledger.node.main import run as run_node
         return run_node(a.config)
     if a.cmd == "init":
-        from .cluster_init import init_cluster
+        from .cluster_init import init_cluster, init_from
+        from crmledger.ledger.genesis import GenesisError
         try:
-            d = init_cluster(a.out, a.nodes, base_port=a.base_port, peer_base_port=a.peer_base_port, host=a.host)
-        except (ValueError, FileExistsError, OSError) as e:
+            if a.template is not None:
+                d = init_from(a.template, a.out)
+            else:
+                d = init_cluster(a.out, a.nodes, base_port=a.base_port, peer_base_port=a.peer_base_port,
+                                 host=a.host)
+        except (ValueError, FileExistsError, OSError, GenesisError) as e:
             print(f"init: {e}", file=sys.stderr)
             return 2
-        print(f"created a {a.nodes}-node consortium in {d}")
+        what = "the consortium" if a.template is not None else f"a {a.nodes}-node consortium"
+        print(f"created {what} in {d}")
         return 0
     if a.cmd == "verify":
         from .verify import main as verify_main
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--workers must be positive")
         return verify_main(a.data_dir, a.workers)
     if a.cmd == "bench-raft":
-        from .bench_raft import run
+        from crmledger.node.bench.raft import run
         for name in ("entries", "batch", "size", "runs"):
             if getattr(a, name) <= 0:
                 ap.error(f"--{name} must be positive")

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import msgpack
 
-from consensus import Entry, HardState, bootstrap_snapshot
-from node.ledger.block import make_block
-from node.ledger.genesis import genesis_from_dict
-from node.ledger.keys import SigningKey, verify, verify_with_cryptography
-from node.ledger.tx import decode_tx, sign_tx
-from storage.datadir import open_data_dir
-from storage.sqlite import connect, transaction
+from crmledger.consensus import Entry, HardState, bootstrap_snapshot
+from crmledger.ledger.block import make_block
+from crmledger.ledger.genesis import genesis_from_dict
+from crmledger.ledger.keys import SigningKey, verify, verify_with_cryptography
+from crmledger.ledger.tx import decode_tx, sign_tx
+from crmledger.storage.datadir import open_data_dir
+from crmledger.storage.sqlite import connect, transaction
 
 T0 = 1_760_000_000_000
 
@@ -98,7 +98,7 @@ def _gen_block(b: int, size: int) -> list[bytes]:
                                    {"customer_id": cid, "program": "miles", "amount": 1}))
             continue
         out.append(sign_tx(admin, body[0], body[1], f"o{b}-{j}", ts, body[2]))
-    from node.ledger.tx import parse_envelope
+    from crmledger.ledger.tx import parse_envelope
     return [parse_envelope(e).encode() for e in out]
 
 
@@ -188,7 +188,7 @@ def _append_main(base: str, total: int, block: int, workload: str | None = None)
 
 
 def _verify_main(data_dir: str) -> None:
-    from .verify import verify as run_verify
+    from crmledger.node.ops.verify import verify as run_verify
     t = time.monotonic()
     rep = run_verify(data_dir)
     print(json.dumps({"ok": rep.ok, "reason": rep.reason, "seconds": time.monotonic() - t, "txs": rep.txs,
@@ -205,13 +205,13 @@ def _child(code: str, *args: str) -> dict:
 def _one_run(base: Path, workload: Path, total: int, block: int, say) -> dict:
     """Append the workload into a new store under `base`, reopen it, audit it: one run's
     figures, each beside its reference measured in the same run."""
-    a = _child("import sys; from node.bench_store import _append_main as m; m(sys.argv[1], int(sys.argv[2]), "
+    a = _child("import sys; from crmledger.node.bench.store import _append_main as m; m(sys.argv[1], int(sys.argv[2]), "
                "int(sys.argv[3]), sys.argv[4])", str(base), str(total), str(block), str(workload))
     reopen = []
     for _ in range(3):
         t = time.monotonic()
         subprocess.run([sys.executable, "-c",
-                        "import sys; from storage.datadir import open_data_dir; d = open_data_dir(sys.argv[1]); "
+                        "import sys; from crmledger.storage.datadir import open_data_dir; d = open_data_dir(sys.argv[1]); "
                         "print(d.ledger.height, d.raft.last_index()); d.close()", str(base / "node")],
                        check=True, capture_output=True)
         reopen.append(time.monotonic() - t)
@@ -219,7 +219,7 @@ def _one_run(base: Path, workload: Path, total: int, block: int, say) -> dict:
     # it sees the machine as the audit did
     ref_runs = [_verify_rate(verify) for _ in range(3)]
     say("  verifying ...")
-    v = _child("import sys; from node.bench_store import _verify_main as m; m(sys.argv[1])", str(base / "node"))
+    v = _child("import sys; from crmledger.node.bench.store import _verify_main as m; m(sys.argv[1])", str(base / "node"))
     if not v["ok"]:
         raise RuntimeError(f"verify failed: {v['reason']}")
     ref_nacl = statistics.median(ref_runs + [_verify_rate(verify) for _ in range(3)])
