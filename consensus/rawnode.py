@@ -2,17 +2,20 @@
 and `advance`.
 
 Contract for handling a `Ready` (as in etcd's raft):
-  1. write `snapshot` (if any), `entries` and `hard_state` to stable storage — messages
-     whose `needs_durability` is False may be sent before or during this write;
-  2. send the remaining `messages`;
-  3. apply `committed_entries` (after the snapshot, if any);
-  4. call `advance(ready)`.
-Nothing else may be fed to the node between `ready()` and `advance()`.
+  1. send `messages` — they may go before or during the write;
+  2. write `snapshot` (if any), `entries` and `hard_state` to stable storage;
+  3. send `messages_after_write`;
+  4. apply `snapshot` and `committed_entries` in order; for each entry of type
+     CONF_CHANGE call `apply_conf_change` (it returns the configuration now in force);
+  5. call `advance(ready)`.
+Nothing but `apply_conf_change` may be fed to the node between `ready()` and `advance()`.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
 
 from .errors import RaftUsageError
 from .messages import (
@@ -24,21 +27,25 @@ from .raft import Config, Raft, StateType
 
 @dataclass(frozen=True, slots=True)
 class SoftState:
-    lead: int
-    state: StateType
+    """Volatile state worth telling the application when it changes."""
+    lead: int            # the leader this node knows of (0: none)
+    state: StateType     # this node's role
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    soft_state: SoftState | None
-    hard_state: HardState | None
-    snapshot: Snapshot | None
-    entries: tuple[Entry, ...]
-    committed_entries: tuple[Entry, ...]
-    messages: tuple[Message, ...]
+    """What the application must do before the node can go on (see the module's contract)."""
+    soft_state: SoftState | None           # the role or leader, when either changed; not persisted
+    hard_state: HardState | None           # term, vote and commit to persist, when changed
+    snapshot: Snapshot | None              # a snapshot to persist, then to install
+    entries: tuple[Entry, ...]             # new log entries to persist (they may replace a suffix)
+    committed_entries: tuple[Entry, ...]   # entries now committed, to apply in order
+    messages: tuple[Message, ...]          # to send now: they need nothing written first
+    messages_after_write: tuple[Message, ...]   # to send once the write above is durable
 
     @property
     def must_sync(self) -> bool:
+        """Whether step 2 of the contract writes anything."""
         return bool(self.entries) or self.snapshot is not None or self.hard_state is not None
 
 
@@ -53,6 +60,11 @@ class Status:
     applied: int
     last_index: int
     conf: ConfState
+    progress: Mapping[int, int]   # on a leader: each member's highest index known replicated
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role == StateType.LEADER
 
 
 def _check_message(m: Message, self_id: int) -> str | None:
@@ -97,6 +109,7 @@ class RawNode:
         self._prev_soft = self._soft_state()
         self._prev_hard = self.raft.hard_state()
         self._in_ready = False
+        self._conf_entries: list[int] = []   # indexes of the Ready's configuration changes not yet applied
 
     # -- inputs ------------------------------------------------------------------------
     def tick(self) -> None:
@@ -171,20 +184,38 @@ class RawNode:
         r = self.raft
         soft, hard = self._soft_state(), r.hard_state()
         committed = tuple(r.log.next_committed())
+        now = tuple(m for m in r.msgs if not m.needs_durability)
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
             hard_state=hard if hard != self._prev_hard else None,
             snapshot=r.log.unstable.snapshot,
             entries=tuple(r.log.unstable.entries),
             committed_entries=committed,
-            messages=tuple(r.msgs),
+            messages=now,
+            messages_after_write=tuple(m for m in r.msgs if m.needs_durability) if len(now) < len(r.msgs) else (),
         )
         r.msgs = []
         self._prev_soft, self._prev_hard = soft, hard
         if committed:
             r.log.applying_to(committed[-1].index)
+        self._conf_entries = [e.index for e in committed if e.type == EntryType.CONF_CHANGE]
         self._in_ready = True
         return rd
+
+    def apply_conf_change(self, cc: ConfChange | None) -> ConfState:
+        """Apply a committed configuration change: the application calls it for each
+        CONF_CHANGE entry of a Ready's `committed_entries`, in order, as it applies them,
+        with the entry's change decoded (None when it does not decode). Returns the
+        configuration now in force — the one before, when the change is not valid for it
+        (then every node ignores it alike)."""
+        r = self.raft
+        if self._conf_entries:
+            r.log.applied_to(self._conf_entries.pop(0))
+        if cc is not None:
+            r.apply_conf_change(cc)
+        else:
+            r.dropped["invalid_conf_change"] += 1
+        return r.conf
 
     def advance(self, rd: Ready) -> None:
         if not self._in_ready:
@@ -198,11 +229,11 @@ class RawNode:
             last = rd.entries[-1]
             r.log.stable_to(last.index, last.term)
             r.on_persisted(r.log.stable_last_index())
+        if self._conf_entries:
+            missed, self._conf_entries = self._conf_entries, []
+            raise RaftUsageError(f"configuration changes at {missed} were not applied: call "
+                                 "apply_conf_change for each before advance()")
         if rd.committed_entries:
-            for e in rd.committed_entries:
-                if e.type == EntryType.CONF_CHANGE:
-                    r.log.applied_to(e.index)
-                    r.apply_conf_change(ConfChange.decode(e.data))
             r.log.applied_to(rd.committed_entries[-1].index)
 
     def _not_in_ready(self) -> None:
@@ -212,8 +243,16 @@ class RawNode:
     # -- inspection ------------------------------------------------------------------------
     def status(self) -> Status:
         r = self.raft
+        progress = {nid: pr.match for nid, pr in r.prs.items()} if r.state == StateType.LEADER else {}
         return Status(r.id, r.state, r.term, r.vote, r.lead, r.log.committed,
-                      r.log.applied, r.log.last_index(), r.conf)
+                      r.log.applied, r.log.last_index(), r.conf, MappingProxyType(progress))
+
+    def unapplied_entries(self) -> list[Entry]:
+        """The entries of this node's log after the applied index (a new leader's own log
+        may hold entries its application has not seen yet)."""
+        log = self.raft.log
+        lo = max(log.applied + 1, log.first_index())
+        return log.slice(lo, log.last_index() + 1) if lo <= log.last_index() else []
 
     @property
     def id(self) -> int:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from crmledger.node.config import LimitsConfig
 from crmledger.ledger.genesis import Genesis
-from crmledger.ledger.rules import k_customer, k_identity
+from crmledger.ledger.statekeys import k_customer, k_identity
 from crmledger.ledger.tx import Tx
 
 

@@ -34,35 +34,22 @@ async def serve(node: Node) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    log = logging.getLogger("crmledger.node")
     runner = GuardedRunner(make_app(node), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    host, _, port = node.cfg.api_listen.rpartition(":")
-    await node.peers.start_server()
-    await web.TCPSite(runner, host, int(port)).start()
-    log = logging.getLogger("crmledger.node")
-    log.info("serving HTTP on %s, peers on %s", node.cfg.api_listen, node.me.peer_addr)
     try:
-        async with asyncio.TaskGroup() as tg:
-            driver = tg.create_task(node.drive())
-            gossip = tg.create_task(node.gossip())
-            watch = tg.create_task(node.watch_loop())
-            intake = tg.create_task(node.gossip_intake())
-            dialers = [tg.create_task(node.peers.dial_forever(p)) for p in node.peers.peers]
+        async with node.running():
+            host, _, port = node.cfg.api_listen.rpartition(":")
+            await web.TCPSite(runner, host, int(port)).start()
+            log.info("serving HTTP on %s, peers on %s", node.cfg.api_listen, node.me.peer_addr)
             await stop.wait()
             log.info("stopping")
-            await node.hand_over()
-            node.stopped.set()
-            node.wake.set()
-            await driver
-            for t in [gossip, watch, intake, *dialers]:
-                t.cancel()
+            await node.hand_over()   # submissions refused from here on; a leader hands over
+            await runner.cleanup()   # ends the event streams, lets requests in flight finish
     finally:
-        for q in list(node.block_listeners):   # end the event streams
-            q.put_nowait(None)
-        await runner.cleanup()
-        await node.peers.close()
-        node.close()
-        log.info("stopped")
+        if runner.server is not None:   # the node stopped by itself: stop serving too
+            await runner.cleanup()
+    log.info("stopped")
 
 
 def run(config_path: str) -> int:

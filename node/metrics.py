@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from crmledger.consensus import StateType
+from crmledger.consensus import StateType, Status
 
 
 class Metrics:
@@ -44,12 +44,12 @@ class Metrics:
         self.mempool_full_drops = Counter("crmledger_mempool_full_drops", "gossiped transactions not kept: full",
                                           registry=r)
 
-    def observe_raft(self, raft, height: int, mempool: int, links: dict[str, bool],
+    def observe_raft(self, status: Status, height: int, mempool: int, links: dict[str, bool],
                      peer_events: dict[str, int] | None = None) -> None:
         for st in StateType:
-            self.role.labels(role=st.value).set(1 if raft.state == st else 0)
-        self.term.set(raft.term)
-        self.commit_index.set(raft.log.committed)
+            self.role.labels(role=st.value).set(1 if status.role == st else 0)
+        self.term.set(status.term)
+        self.commit_index.set(status.commit)
         self.height.set(height)
         self.mempool.set(mempool)
         for peer, up in links.items():

@@ -1,6 +1,6 @@
 """Heavy work off the event loop. The loop that serves HTTP also ticks Raft and answers
 peers, so a read that decodes many stored transactions (a page of a customer's history,
-a full block, a replay of blocks to an event stream) runs in a worker thread, on a
+a full block, a replay of blocks to an event stream) runs in a reader process, on a
 read-only connection of its own (SQLite in WAL mode lets it read beside the writer), and
 builds its answer there. At most `workers` such reads run and `queue` more wait; past
 that a read is refused with `Busy` (503 with Retry-After), so that a flood of
@@ -9,12 +9,14 @@ no store (checking the signatures of a large batch)."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import functools
+import multiprocessing
+import signal
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from crmledger.ledger.genesis import Genesis
+from crmledger.ledger.genesis import Genesis, genesis_from_dict
 from crmledger.storage.ledger_store import LedgerStore
 from crmledger.storage.sqlite import connect
 
@@ -26,60 +28,65 @@ class Busy(Exception):
 
 
 class Workers:
-    """A bounded pool of threads for work that must not hold the event loop: at most
-    `workers` calls run and `queue` more wait; past that `run` raises Busy."""
+    """A bounded pool for work that must not hold the event loop: at most `workers` calls
+    run and `queue` more wait; past that `run` raises Busy."""
 
-    def __init__(self, name: str, workers: int, queue: int) -> None:
+    def __init__(self, name: str, workers: int, queue: int, pool: Executor | None = None) -> None:
         self.limit = workers + queue
+        self.queue = queue
         self.active = 0
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-
-    def _call(self, fn: Callable[..., T], args: tuple) -> T:
-        return fn(*args)
+        self.pool = pool or ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         if self.active >= self.limit:
             raise Busy()
         self.active += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, self._call, fn, args)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, self._call(fn), *args)
         finally:
             self.active -= 1
+
+    def _call(self, fn: Callable[..., T]) -> Callable[..., T]:
+        return fn
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+# -- in each reader process ---------------------------------------------------------------------
+_store: LedgerStore | None = None
+
+
+def _open_store(db_path: str, genesis: dict) -> None:
+    global _store
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the node stops its readers itself
+    _store = LedgerStore(connect(db_path, readonly=True, cache_mb=16), genesis_from_dict(genesis),
+                         readonly=True, lookups=False)
+
+
+def _with_store(fn: Callable[..., T], *args) -> T:
+    return fn(_store, *args)
+
+
+def _ready() -> bool:
+    return _store is not None
+
+
 class Reader(Workers):
-    """Workers whose calls get a read-only store of the ledger as first argument."""
+    """Workers in processes of their own (so that what they decode and encode does not
+    compete with the event loop for the interpreter), each with a read-only store of the
+    ledger that every call gets as its first argument. `fn` and its arguments go to the
+    process by pickling: a module-level function, and plain values."""
 
     def __init__(self, db_path: Path, genesis: Genesis, workers: int = 2, queue: int = 16) -> None:
-        super().__init__("reader", workers, queue)
-        self.db_path = db_path
-        self.genesis = genesis
-        self.local = threading.local()
-        self.stores: list[LedgerStore] = []
-        self.lock = threading.Lock()
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_open_store, initargs=(str(db_path), dict(genesis.raw)))
+        super().__init__("reader", workers, queue, pool)
 
-    def _store(self) -> LedgerStore:
-        store = getattr(self.local, "store", None)
-        if store is None:
-            conn = connect(self.db_path, readonly=True, cache_mb=16)
-            store = self.local.store = LedgerStore(conn, self.genesis, readonly=True, lookups=False)
-            with self.lock:
-                self.stores.append(store)
-        return store
+    def _call(self, fn: Callable[..., T]) -> Callable[..., T]:
+        return functools.partial(_with_store, fn)
 
-    def _call(self, fn: Callable[..., T], args: tuple) -> T:
-        return fn(self._store(), *args)
-
-    async def run(self, fn: Callable[..., T], *args) -> T:
-        """`fn(store, *args)` in a reader thread, `store` reading the ledger read-only."""
-        return await super().run(fn, *args)
-
-    def close(self) -> None:
-        super().close()
-        with self.lock:
-            for s in self.stores:
-                s.conn.close()
-            self.stores.clear()
+    async def warm_up(self) -> None:
+        """Start the reader processes now rather than on the first read."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self.pool, _ready) for _ in range(self.limit - self.queue)))

@@ -17,27 +17,28 @@ from __future__ import annotations
 import logging
 import sqlite3
 import struct
-from collections import defaultdict
-from dataclasses import dataclass
 from itertools import accumulate
-from typing import Iterator, NamedTuple
 
 import msgpack
 import numpy as np
 
 from crmledger.consensus import ConfState
 from crmledger.ledger import stateroot
-from crmledger.ledger.block import Block, BlockHeader, check_block
+from crmledger.ledger.block import Block, check_block
 from crmledger.ledger.canonical import canonical_bytes
 from crmledger.ledger.genesis import Genesis
-from crmledger.ledger.rules import CODES, BlockOutcome, apply_block, keys_for
+from crmledger.ledger.rules import BlockOutcome, apply_block
+from crmledger.ledger.statekeys import keys_for
 from crmledger.ledger.tx import Tx
 
 from .index.cache import RecentCache
+from .ledger_reads import (  # noqa: F401  (the records are part of this module's interface)
+    CODE_NUM, POS_BITS, POS_MASK, BlockRejected, HistoryEntry, LedgerReads, StoredTx, TxRecord, seq_of,
+)
 from .raft_store import write_conf_state
 from .sqlite import select_in, transaction
 from .index.state_filter import StateFilter
-from .index.tx_index import NAMES, TxIndex, nonce_key, shorts
+from .index.tx_index import NAMES, TxIndex, nonce_key
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NULL,
@@ -50,50 +51,6 @@ CREATE TABLE IF NOT EXISTS ledger_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 _log = logging.getLogger("crmledger.storage")
 _SAY_AFTER = 1000   # blocks: reading more back on open is reported as it goes
 FORMAT = b"2"   # 2: a block is one row (1: a row per transaction)
-POS_BITS = 20  # up to a million transactions per block
-POS_MASK = (1 << POS_BITS) - 1
-CODE_NUM = {c: i for i, c in enumerate(CODES)}
-# per-transaction columns of a block row: name -> (column, width in bytes; None: msgpack list)
-_FIELDS = {"tx_id": ("ids", 32), "sn": ("sns", 16), "code": ("codes", 1), "subject": ("subjects", None)}
-
-
-def seq_of(height: int, pos: int) -> int:
-    return (height << POS_BITS) | pos
-
-
-def _cut(blob: bytes, width: int) -> list[bytes]:
-    return [blob[i:i + width] for i in range(0, len(blob), width)]
-
-
-def _by_height(seqs: list[int]) -> dict[int, list[int]]:
-    """Seqs grouped by the block they name, in order within each."""
-    out: dict[int, list[int]] = defaultdict(list)
-    for s in seqs:
-        out[s >> POS_BITS].append(s)
-    return out
-
-
-def _end(ends: bytes, pos: int) -> int:
-    return struct.unpack_from(">I", ends, 4 * pos)[0] if pos >= 0 else 0
-
-
-class HistoryEntry(NamedTuple):
-    height: int
-    pos: int
-    timestamp: int
-    tx_id: str
-    code: str
-    envelope: bytes   # stored form
-
-
-@dataclass(frozen=True, slots=True)
-class TxRecord:
-    tx_id: str
-    height: int
-    pos: int
-    code: str
-
-
 class _BlockView:
     """What the rules read while one block is applied, fetched for the whole block: from
     the store's cache of recent keys, then, for the keys its filter says may exist, in a
@@ -134,7 +91,7 @@ class _BlockView:
         return (signer, nonce) in self.sns
 
 
-class LedgerStore:
+class LedgerStore(LedgerReads):
     def __init__(self, conn: sqlite3.Connection, genesis: Genesis, readonly: bool = False,
                  keep_bodies: bool = True, cache_keys: int = 20_000, lookups: bool = True) -> None:
         """`keep_bodies=False` stores blocks without their envelopes and indexes them only
@@ -184,161 +141,12 @@ class LedgerStore:
             if self.height - (self.index.merged >> POS_BITS) > _SAY_AFTER:
                 _log.info("  transaction index: %d/%d blocks", after, self.height)
 
-    # -- reading ---------------------------------------------------------------------------
-    @property
-    def state_root(self) -> str:
-        return stateroot.root_hex(self.acc)
-
-    def get_raw(self, key: bytes) -> bytes | None:
-        row = self.conn.execute("SELECT v FROM state WHERE k=?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def get(self, key: bytes):
-        raw = self.get_raw(key)
-        return None if raw is None else msgpack.unpackb(raw, raw=False)
-
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, object]]:
-        hi = prefix[:-1] + bytes([prefix[-1] + 1])
-        for k, v in self.conn.execute("SELECT k, v FROM state WHERE k >= ? AND k < ? ORDER BY k", (prefix, hi)):
-            yield k, msgpack.unpackb(v, raw=False)
-
-    def _fetch(self, field: str, seqs: list[int]) -> list[tuple[int, object]]:
-        """(seq, value of `field`) for each seq that names a stored transaction."""
-        column, width = _FIELDS[field]
-        by_height = _by_height(seqs)
-        out: list[tuple[int, object]] = []
-        for height, blob in select_in(self.conn, f"SELECT height, {column} FROM blocks WHERE height IN ({{}})",
-                                      by_height):
-            if width is None:
-                vals = msgpack.unpackb(blob, raw=False)
-                out += [(s, vals[s & POS_MASK]) for s in by_height[height] if (s & POS_MASK) < len(vals)]
-            else:   # only the items asked for, not the whole column
-                n = len(blob) // width
-                out += [(s, blob[(s & POS_MASK) * width:((s & POS_MASK) + 1) * width])
-                        for s in by_height[height] if (s & POS_MASK) < n]
-        return out
-
-    def tx_record(self, tx_id: str) -> TxRecord | None:
-        seq = self.index.seq_of(bytes.fromhex(tx_id))
-        if seq is None:
-            return None
-        (_, code), = self._fetch("code", [seq])
-        return TxRecord(tx_id, seq >> POS_BITS, seq & POS_MASK, CODES[code[0]])
-
-    def committed_among(self, txs: list[Tx]) -> set[str]:
-        """The tx_ids of `txs` that are committed: those whose signer and nonce the nonce
-        filter has never seen (nearly all, for transactions a node is sent) are
-        answered at once, without a lookup."""
-        if not txs:
-            return set()
-        maybe = self.index.bloom.contains(shorts(b"".join(nonce_key(t.signer, t.nonce) for t in txs), 16))
-        return {t.tx_id for t, m in zip(txs, maybe.tolist()) if m and self.tx_record(t.tx_id) is not None}
-
-    def committed_record(self, tx: Tx) -> TxRecord | None:
-        """`tx_record` of a transaction at hand: a new one (whose signer and nonce were
-        never committed, as for nearly every one a node is sent) is answered by the nonce
-        filter, without a lookup."""
-        if not self.index.may_have_nonce(nonce_key(tx.signer, tx.nonce)):
-            return None
-        return self.tx_record(tx.tx_id)
-
-    def block_header(self, height: int) -> tuple[BlockHeader, bytes, str] | None:
-        row = self.conn.execute("SELECT header, sig, hash FROM blocks WHERE height=?", (height,)).fetchone()
-        if row is None:
-            return None
-        return BlockHeader.from_map(msgpack.unpackb(row[0], raw=False)), row[1], row[2].hex()
-
-    def block_bytes(self, height: int) -> bytes | None:
-        """Block `height` in the form it was proposed (for a node catching up)."""
-        got = self.block_header(height)
-        if got is None:
-            return None
-        header, sig, _ = got
-        envs = [env for _, _, env in self.block_txs(height)]
-        return msgpack.packb([header.to_map(), sig, envs], use_bin_type=True)
-
-    def block_txs(self, height: int) -> list[tuple[str, str, bytes]]:
-        """(tx_id, code, stored envelope) of each transaction of a block, in order."""
-        row = self.conn.execute("SELECT ids, codes, ends, body FROM blocks WHERE height=?", (height,)).fetchone()
-        if row is None:
-            return []
-        ids, codes, ends, body = row
-        offsets = [0, *struct.unpack(f">{len(ends) // 4}I", ends)]
-        envs = [body[a:b] for a, b in zip(offsets, offsets[1:])] or [b""] * len(codes)
-        return [(i.hex(), CODES[c], e) for i, c, e in zip(_cut(ids, 32), codes, envs)]
-
-    def index_columns(self, height: int) -> tuple[bytes, bytes] | None:
-        """The nonce keys and customers of a block's transactions as stored, from which
-        the index is built."""
-        return self.conn.execute("SELECT sns, subjects FROM blocks WHERE height=?", (height,)).fetchone()
-
-    def history_candidates(self, subject: str) -> np.ndarray:
-        """Sorted seqs that may touch a customer, from the in-memory index (so on the
-        thread that applies blocks); `history_page` confirms and reads them. The last few
-        customers' are kept until the next block, for a client paging through."""
-        hit = self._candidates.get(subject)
-        if hit is not None and hit[0] == self.height:
-            return hit[1]
-        seqs = self.index.subject_candidates(subject)
-        self._candidates[subject] = (self.height, seqs)
-        if len(self._candidates) > 32:
-            del self._candidates[next(iter(self._candidates))]
-        return seqs
-
-    def history_page(self, subject: str, candidates: np.ndarray, *, after: int | None = None,
-                     descending: bool = False, limit: int = 100) -> tuple[list[HistoryEntry], bool]:
-        """Up to `limit` transactions touching `subject` among `candidates`, oldest (or
-        newest) first, strictly after the seq `after` in that order; and whether more
-        follow. Reads only stored blocks, so any store over the same file serves (a
-        read-only one in a reader thread)."""
-        if after is not None:
-            cut = np.searchsorted(candidates, after, "left" if descending else "right")
-            candidates = candidates[:cut] if descending else candidates[cut:]
-        if descending:
-            candidates = candidates[::-1]
-        found: list[int] = []
-        step = max(64, limit + 1)
-        for i in range(0, len(candidates), step):
-            chunk = candidates[i:i + step].tolist()
-            hits = {s for s, v in self._fetch("subject", chunk) if v == subject}
-            found += [s for s in chunk if s in hits]
-            if len(found) > limit:
-                break
-        more = len(found) > limit
-        found = found[:limit]
-        by_height = _by_height(found)
-        stamps = {h: msgpack.unpackb(hdr, raw=False)["timestamp"] for h, hdr in select_in(
-            self.conn, "SELECT height, header FROM blocks WHERE height IN ({})", by_height)}
-        rows: dict[int, HistoryEntry] = {}
-        for height, ids, codes, ends in select_in(
-                self.conn, "SELECT height, ids, codes, ends FROM blocks WHERE height IN ({})", by_height):
-            with self.conn.blobopen("blocks", "body", height, readonly=True) as body:
-                for s in by_height[height]:
-                    pos = s & POS_MASK
-                    start, end = _end(ends, pos - 1), _end(ends, pos)
-                    body.seek(start)
-                    rows[s] = HistoryEntry(height, pos, stamps[height], ids[32 * pos:32 * pos + 32].hex(),
-                                           CODES[codes[pos]], body.read(end - start))
-        return [rows[s] for s in found], more
-
-    def history(self, subject: str, limit: int = 1000, after_seq: int = -1) -> list[HistoryEntry]:
-        """Transactions touching a customer, oldest first."""
-        return self.history_page(subject, self.history_candidates(subject), after=after_seq, limit=limit)[0]
-
-    def iter_blocks(self, start: int = 1) -> Iterator[tuple[int, bytes, bytes, bytes]]:
-        """(height, stored hash, header bytes, sig) in height order, streaming."""
-        yield from self.conn.execute("SELECT height, hash, header, sig FROM blocks WHERE height >= ? ORDER BY height",
-                                     (start,))
-
-    def iter_state(self) -> Iterator[tuple[bytes, bytes]]:
-        yield from self.conn.execute("SELECT k, v FROM state ORDER BY k")
-
     # -- writing ---------------------------------------------------------------------------
     def apply_block(self, block: Block, txs: list[Tx], raft_index: int,
                     conf_state: ConfState | None = None, check_sig: bool = True,
-                    from_log: bool = True) -> BlockOutcome | str:
+                    from_log: bool = True) -> BlockOutcome:
         """Apply a committed block whose transactions are parsed and signature-checked.
-        Returns the outcome, or why the block cannot extend the chain (then, for a block
+        Raises BlockRejected when the block cannot extend the chain (then, for a block
         from the Raft log, only the applied index moves: every node rejects the same
         block the same way; a block fetched from a peer leaves nothing behind)."""
         why = check_block(block, self.genesis, prev_hash=self.head_hash, height=self.height + 1,
@@ -348,7 +156,7 @@ class LedgerStore:
         if why is not None:
             if from_log:
                 self.mark_applied(raft_index, conf_state)
-            return why
+            raise BlockRejected(why)
         h = block.header
         ids = b"".join([bytes.fromhex(tx.tx_id) for tx in txs])
         sns = [nonce_key(tx.signer, tx.nonce) for tx in txs]

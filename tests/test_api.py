@@ -31,17 +31,13 @@ def _env(key, cid="c1", nonce=None):
 @pytest.fixture
 async def api(tmp_path):
     node, key = _node(tmp_path)
-    driver = asyncio.create_task(node.drive())
     client = TestClient(TestServer(make_app(node)))
-    await client.start_server()
-    try:
-        yield client, node, key
-    finally:
-        node.stopped.set()
-        node.wake.set()
-        await driver
-        await client.close()
-        node.close()
+    async with node.running(links=False):
+        await client.start_server()
+        try:
+            yield client, node, key
+        finally:
+            await client.close()
 
 
 async def test_submit_wait_and_statuses(api):

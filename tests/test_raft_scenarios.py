@@ -210,7 +210,7 @@ def test_vote_is_durable_before_the_answer_leaves():
     c.heal()
     c.raw(2).step(Message(MT.VOTE, to=2, frm=3, term=term, index=99, log_term=term))
     rd = c.raw(2).ready()
-    assert [m.reject for m in rd.messages if m.type == MT.VOTE_RESP] == [True]
+    assert [m.reject for m in rd.messages + rd.messages_after_write if m.type == MT.VOTE_RESP] == [True]
     c.raw(2).advance(rd)
 
 

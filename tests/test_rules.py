@@ -4,7 +4,7 @@ import tempfile
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from crmledger.ledger.rules import k_customer, k_loyalty, k_ticket
+from crmledger.ledger.statekeys import k_customer, k_loyalty, k_ticket
 from crmledger.storage.datadir import open_data_dir
 from tests.ledger_kit import GENESIS, T0, Chain, key, tx
 

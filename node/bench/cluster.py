@@ -70,11 +70,15 @@ def _pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
+MAX_TRIES = 60
+
+
 async def _drive(urls: list[str], items: list[bytes], concurrency: int, path: str,
                  wait_path: str | None) -> tuple[float, list[float]]:
     """Send `items` (request bodies) with `concurrency` workers round-robin over `urls`;
     returns (seconds, latencies of each request, or of each batch until committed)."""
     latencies: list[float] = []
+    shed = [0]   # requests answered 429/503 with Retry-After, and sent again
     it = iter(enumerate(items))
     conn = aiohttp.TCPConnector(limit=concurrency * 2)
     deadline = time.monotonic() + T_PHASE
@@ -85,10 +89,19 @@ async def _drive(urls: list[str], items: list[bytes], concurrency: int, path: st
                     return
                 url = urls[i % len(urls)]
                 t = time.monotonic()
-                async with s.post(url + path, data=body, headers={"Content-Type": "application/json"}) as r:
-                    await r.read()
-                    if r.status >= 500 and r.status != 504:
-                        raise RuntimeError(f"{url}{path}: HTTP {r.status}")
+                for _ in range(MAX_TRIES):   # a node that sheds load says when to come back
+                    async with s.post(url + path, data=body, headers={"Content-Type": "application/json"}) as r:
+                        await r.read()
+                        retry = r.headers.get("Retry-After")
+                        if r.status in (429, 503) and retry is not None and retry.isdigit():
+                            shed[0] += 1
+                            await asyncio.sleep(min(int(retry), 1))
+                            continue
+                        if r.status >= 500 and r.status != 504:
+                            raise RuntimeError(f"{url}{path}: HTTP {r.status}")
+                        break
+                else:
+                    raise RuntimeError(f"{url}{path}: still shedding load after {MAX_TRIES} tries")
                 if wait_path is not None:  # a batch: wait until its last transaction commits
                     last = json.dumps(json.loads(body)[-1]).encode()
                     async with s.post(url + wait_path, data=last, headers={"Content-Type": "application/json"}) as r:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections import deque
 
-from crmledger.consensus import Config, MemoryStorage, RawNode, StateType
+from crmledger.consensus import Config, MemoryStorage, RawNode
 
 
 class _Cluster:
@@ -40,6 +40,7 @@ class _Cluster:
                     if rd.hard_state is not None:
                         st.set_hard_state(rd.hard_state)
                     self.inbox.extend(rd.messages)
+                    self.inbox.extend(rd.messages_after_write)
                     if rd.committed_entries:
                         self.applied[nid] += len(rd.committed_entries)
                     raw.advance(rd)
@@ -50,13 +51,13 @@ class _Cluster:
 
     def leader(self) -> int | None:
         for nid, raw in self.nodes.items():
-            if raw.raft.state == StateType.LEADER:
+            if raw.status().is_leader:
                 return nid
         return None
 
     def compact(self) -> None:
         for nid, raw in self.nodes.items():
-            if raw.raft.log.applied - self.storage[nid].first_index() > 20_000:
+            if raw.status().applied - self.storage[nid].first_index() > 20_000:
                 raw.compact(b"", keep=1000)
 
 

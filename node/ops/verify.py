@@ -26,7 +26,7 @@ from crmledger.ledger.canonical import canonical_bytes
 from crmledger.ledger.genesis import GenesisError
 from crmledger.ledger.tx import TxError, decode_tx, stored_tx
 from crmledger.storage.datadir import genesis_of
-from crmledger.storage.ledger_store import LedgerStore
+from crmledger.storage.ledger_store import BlockRejected, LedgerStore
 from crmledger.storage.sqlite import connect
 
 
@@ -95,7 +95,7 @@ def verify(data_dir: str | Path, workers: int | None = None, progress=None) -> R
                         break
                     height, hash_, header_bytes, sig = row
                     body = stored.block_txs(height)
-                    items = [(i, e) for i, _, e in body]
+                    items = [(t.tx_id, t.envelope) for t in body]
                     pending.append((height, hash_, header_bytes, sig, body, stored.index_columns(height),
                                     pool.submit(_check_transactions, items)))
                 if not pending:
@@ -133,14 +133,15 @@ def _check_one(replay: LedgerStore, height: int, hash_: bytes, header_bytes: byt
     if hashlib.sha256(BLOCK_PREFIX + header_bytes).digest() != hash_:
         raise _Fail(height, "stored block hash does not match its header")
     parsed = []
-    for pos, ((stored_id, _, env), err) in enumerate(zip(body, sig_errors)):
+    for pos, ((stored_id, _, env), err) in enumerate(zip(body, sig_errors)):   # StoredTx
         if err:
             raise _Fail(height, f"transaction {pos} ({stored_id[:16]}…): {err}")
         parsed.append(stored_tx(env, checked_id=stored_id))  # a worker has checked it in full
     block = Block(header, sig, tuple(e for _, _, e in body), tuple(t.tx_id for t in parsed))
-    out = replay.apply_block(block, parsed, header.index)
-    if isinstance(out, str):
-        raise _Fail(height, out)
+    try:
+        out = replay.apply_block(block, parsed, header.index)
+    except BlockRejected as e:
+        raise _Fail(height, str(e)) from None
     for pos, ((_, code, _), r) in enumerate(zip(body, out.results)):
         if code != r.code:
             raise _Fail(height, f"transaction {pos}: stored result {code!r}, replay gives {r.code!r}")

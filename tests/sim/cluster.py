@@ -195,8 +195,11 @@ class Cluster:
                 self.crash(nid)
                 return
             rd = raw.ready()
-            self._check_and_persist(node, rd)
             for m in rd.messages:
+                if (m.frm, m.to) not in self.cut and m.to in self.nodes:
+                    self._send(m)
+            self._check_and_persist(node, rd)
+            for m in rd.messages_after_write:
                 if (m.frm, m.to) not in self.cut and m.to in self.nodes:
                     self._send(m)
             self._apply(node, rd)
@@ -250,6 +253,7 @@ class Cluster:
                 raise InvariantViolation(f"state machine safety: node {node.id} applied a different "
                                          f"entry at index {e.index}: {rec} vs {(e.term, e.data)}")
             if e.type == EntryType.CONF_CHANGE:
+                node.raw.apply_conf_change(ConfChange.decode(e.data))
                 self.stats["conf_changes_applied"] += 1
             node.app.checksum = _chain(node.app.checksum, e)
             node.app.index = e.index

@@ -1,0 +1,122 @@
+"""Submissions (SPEC §4): `POST /v1/tx` (optionally waiting for the commit), `POST
+/v1/tx/batch` (each envelope answered on its own) and `GET /v1/tx/{tx_id}`. A batch is
+decoded and its signatures checked in a checker thread, every envelope before any is
+admitted; admitting yields to the loop every few hundred."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from crmledger.ledger.tx import Tx, TxError, admit
+from crmledger.node.admission import Refused
+from crmledger.node.api import NODE, ApiError, bad_query, decode_body, raw_body
+from crmledger.node.mempool import MempoolFull
+from crmledger.node.runtime import Admitted, Node
+
+MAX_BATCH = 5000
+ADMIT_CHUNK = 256   # envelopes of a batch admitted between two yields to the loop
+
+
+def _parse(obj) -> Tx | TxError:
+    try:
+        return admit(obj)
+    except TxError as e:
+        return e
+
+
+def _parse_batch(raw: bytes, ctype: str) -> list[Tx | TxError]:
+    """A batch's body decoded and each envelope checked (in a checker thread)."""
+    obj = decode_body(raw, ctype)
+    if type(obj) is not list or len(obj) > MAX_BATCH:
+        raise ApiError(400, "malformed", f"a batch is a list of at most {MAX_BATCH} envelopes")
+    return [_parse(env) for env in obj]
+
+
+def _answer(node: Node, parsed: Tx | TxError, client: str | None, committed: bool | None = None) -> ApiError | dict:
+    """What a submission of `parsed` gets: an ApiError, or the body of a 202."""
+    if isinstance(parsed, TxError):
+        node.rejected(parsed.code)
+        return ApiError(400, parsed.code, parsed.detail)
+    known = {"tx_id": parsed.tx_id}
+    try:
+        state = node.admit(parsed, client, committed)
+    except Refused as e:
+        return ApiError(e.status, e.code, e.detail, e.retry_after, known)
+    except MempoolFull:
+        return ApiError(503, "overloaded", "the mempool is full", 1, known)
+    if state == Admitted.COMMITTED:
+        return ApiError(409, "already_committed", "this transaction is committed", extra=known)
+    return {"tx_id": parsed.tx_id, "status": "pending"}
+
+
+def _refusing(node: Node) -> None:
+    if not node.accepting:
+        raise ApiError(503, "shutting_down", "this node is stopping", 1)
+
+
+def _committed(tx_id: str, height: int, code: str) -> dict:
+    return {"tx_id": tx_id, "status": "committed", "height": height, "valid": code == "valid", "code": code}
+
+
+async def submit(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    _refusing(node)
+    obj = decode_body(await raw_body(request), request.content_type)
+    wait = request.query.get("wait")
+    if wait not in (None, "commit"):
+        raise bad_query("wait may only be 'commit'")
+    try:
+        timeout = float(request.query.get("timeout", "10"))
+        if not 0 < timeout <= 300:
+            raise ValueError
+    except ValueError:
+        raise bad_query("timeout must be a number of seconds in (0, 300]") from None
+    parsed = _parse(obj)
+    out = _answer(node, parsed, request.remote)
+    if isinstance(out, ApiError):
+        raise out
+    if wait is None:
+        return web.json_response(out, status=202)
+    t0 = time.monotonic()
+    fut = node.wait_commit(parsed.tx_id)
+    rec = node.tx_record(parsed.tx_id) or await _wait(fut, timeout)   # it may have committed meanwhile
+    node.metrics.commit_latency.observe(time.monotonic() - t0)
+    return web.json_response(_committed(parsed.tx_id, rec.height, rec.code))
+
+
+async def _wait(fut: asyncio.Future, timeout: float):
+    try:
+        return await asyncio.wait_for(fut, timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(504, "timeout", f"not committed within {timeout} s") from None
+
+
+async def submit_batch(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    _refusing(node)
+    raw = await raw_body(request)
+    parsed = await node.checker.run(_parse_batch, raw, request.content_type)
+    out = []
+    for at in range(0, len(parsed), ADMIT_CHUNK):
+        if at:
+            await asyncio.sleep(0)   # let Raft and other requests in between
+        chunk = parsed[at:at + ADMIT_CHUNK]
+        committed = node.dd.ledger.committed_among([p for p in chunk if isinstance(p, Tx)])
+        for p in chunk:
+            a = _answer(node, p, request.remote, isinstance(p, Tx) and p.tx_id in committed)
+            out.append({"status_code": a.status, **a.body()} if isinstance(a, ApiError) else {"status_code": 202, **a})
+    return web.json_response(out, status=202)
+
+
+async def tx_status(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    tx_id = request.match_info["tx_id"]
+    if len(tx_id) != 64 or any(c not in "0123456789abcdef" for c in tx_id):
+        raise ApiError(400, "bad_tx_id", "a tx_id is 64 lowercase hex characters")
+    rec = node.tx_record(tx_id)
+    if rec is not None:
+        return web.json_response(_committed(tx_id, rec.height, rec.code))
+    status = "pending" if tx_id in node.mempool else "unknown"
+    return web.json_response({"tx_id": tx_id, "status": status, "height": None, "valid": None, "code": None})

@@ -1,0 +1,111 @@
+"""The applier: committed Raft entries into the ledger, in order. A block's transactions
+are decoded and checked in a checker thread (those this node checked before come from the
+mempool); the rules and the write run here. Then it tells whoever waits: clients waiting
+for a transaction's commit, event streams, metrics."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+
+from crmledger.consensus import ConfChange, ConfState, Entry, EntryType, RawNode
+from crmledger.ledger.block import Block, BlockError, decode_block
+from crmledger.ledger.tx import Tx, TxError, decode_tx
+from crmledger.node.mempool import Mempool
+from crmledger.node.metrics import Metrics
+from crmledger.storage.ledger_store import BlockRejected, LedgerStore, TxRecord
+
+log = logging.getLogger("crmledger.node")
+MAX_QUEUED_EVENTS = 1000   # per event stream; a stream that falls further behind misses events
+
+
+def _conf_change(e: Entry) -> ConfChange | None:
+    try:
+        return ConfChange.decode(e.data)
+    except ValueError:
+        return None
+
+
+class Applier:
+    def __init__(self, raw: RawNode, ledger: LedgerStore, conf: ConfState, mempool: Mempool, checker: Executor,
+                 metrics: Metrics) -> None:
+        self.raw = raw
+        self.ledger = ledger
+        self.conf = conf
+        self.mempool = mempool
+        self.checker = checker
+        self.metrics = metrics
+        self.waiters: dict[str, list[asyncio.Future]] = {}
+        self.listeners: set[asyncio.Queue] = set()
+
+    def wait_commit(self, tx_id: str) -> asyncio.Future:
+        """A future set to the transaction's TxRecord once it commits."""
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(tx_id, []).append(fut)
+        return fut
+
+    def end_streams(self) -> None:
+        for q in list(self.listeners):
+            q.put_nowait(None)
+
+    async def apply(self, entries: tuple[Entry, ...]) -> None:
+        led = self.ledger
+        for e in entries:
+            if e.type == EntryType.CONF_CHANGE:   # the core needs each, even one applied before
+                self.conf = self.raw.apply_conf_change(_conf_change(e))
+            if e.index <= led.applied_index:
+                continue
+            if e.type == EntryType.CONF_CHANGE:
+                led.mark_applied(e.index, self.conf)
+            elif not e.data:
+                led.mark_applied(e.index)
+            else:
+                await self.apply_block(e.index, e.data)
+
+    def _prepare(self, data: bytes) -> tuple[Block, list[Tx]]:
+        """A block decoded, with its transactions: those this node checked before from the
+        mempool, the others decoded and verified now (run in a checker thread: it only
+        reads the mempool). Raises BlockError or TxError."""
+        block = decode_block(data)
+        txs = []
+        for tx_id, env in zip(block.tx_ids, block.txs):
+            tx = self.mempool.get(tx_id)
+            if tx is None:
+                tx = decode_tx(env)
+                if not tx.signature_ok():
+                    raise BlockError(f"transaction {tx_id} has a bad signature")
+            txs.append(tx)
+        return block, txs
+
+    async def apply_block(self, index: int, data: bytes, from_log: bool = True) -> bool:
+        """Apply the block carried at Raft index `index`; False when it cannot extend the
+        chain (a block from the log is then skipped by every node alike; one fetched from
+        a peer leaves nothing behind)."""
+        led = self.ledger
+        try:
+            block, txs = await asyncio.get_running_loop().run_in_executor(self.checker, self._prepare, data)
+        except (BlockError, TxError) as e:
+            log.error("rejecting the block at index %d: %s", index, e)
+            if from_log:
+                led.mark_applied(index)
+            return False
+        t0 = time.monotonic()
+        try:
+            out = led.apply_block(block, txs, index, from_log=from_log)
+        except BlockRejected as e:
+            log.error("rejecting the block at index %d: %s", index, e)
+            return False
+        self.mempool.remove(block.tx_ids, time.monotonic())
+        h = block.header.height
+        for pos, (tx_id, r) in enumerate(zip(block.tx_ids, out.results)):
+            self.metrics.tx_committed.labels(code=r.code).inc()
+            for fut in self.waiters.pop(tx_id, ()):
+                if not fut.done():
+                    fut.set_result(TxRecord(tx_id, h, pos, r.code))
+        self.metrics.apply_seconds.observe(time.monotonic() - t0)
+        event = {"height": h, "hash": block.hash, "txs": len(block.txs), "timestamp": block.header.timestamp}
+        for q in list(self.listeners):
+            if q.qsize() < MAX_QUEUED_EVENTS:
+                q.put_nowait(event)
+        return True

@@ -1,0 +1,150 @@
+"""The Raft driver: the one task that owns the Raft core. Everything that must reach the
+core (peer messages, a leadership transfer, a nudge that a block may be due, the request
+to stop) comes through one inbox; the driver ticks the core on time, lets the proposer
+cut a block, and honours every Ready in the order consensus.rawnode prescribes: send what
+may go at once, persist (fsync, in a worker thread), send the rest, apply, advance."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from crmledger.consensus import Message, NotLeader, ProposalDropped, RawNode, Ready
+from crmledger.node.applier import Applier
+from crmledger.node.blocksync import BlockSync, SnapshotInfo, snapshot_info
+from crmledger.node.config import RaftConfig
+from crmledger.node.metrics import Metrics
+from crmledger.node.proposer import BlockProposer
+from crmledger.storage.datadir import DataDir
+
+log = logging.getLogger("crmledger.node")
+
+
+@dataclass(frozen=True, slots=True)
+class TransferTo:
+    """Hand leadership to this Raft id."""
+    raft_id: int
+
+
+class Wake:
+    """Look again: a block may be due."""
+
+
+class Stop:
+    """Finish the round and return."""
+
+
+InboxItem = Message | TransferTo | type[Wake] | type[Stop]
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: deque[InboxItem] = deque()
+        self.ready = asyncio.Event()
+
+    def put(self, item: InboxItem) -> None:
+        self.items.append(item)
+        self.ready.set()
+
+    async def wait(self, timeout: float) -> None:
+        if not self.items:
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        self.ready.clear()
+
+    def drain(self) -> list[InboxItem]:
+        out = list(self.items)
+        self.items.clear()
+        return out
+
+
+class RaftDriver:
+    def __init__(self, raw: RawNode, dd: DataDir, cfg: RaftConfig, inbox: Inbox, proposer: BlockProposer,
+                 applier: Applier, sync: BlockSync, send: Callable[[Message], None], metrics: Metrics) -> None:
+        self.raw = raw
+        self.dd = dd
+        self.cfg = cfg
+        self.inbox = inbox
+        self.proposer = proposer
+        self.applier = applier
+        self.sync = sync
+        self.send = send
+        self.metrics = metrics
+        self.snapshot_height = snapshot_info(dd.raft.snapshot()).height
+        self.stopped = False
+
+    async def run(self) -> None:
+        snap = self.dd.raft.snapshot()
+        if self.dd.ledger.applied_index < snap.index:
+            # a snapshot was installed, its blocks not all fetched
+            self.snapshot_height = await self.sync.catch_up(snap)
+        loop = asyncio.get_running_loop()
+        tick = self.cfg.tick_ms / 1000
+        next_tick = loop.time() + tick
+        while not self.stopped:
+            timeout = max(0.0, next_tick - loop.time())
+            due = self.proposer.block_due_in()
+            if due is not None:
+                timeout = min(timeout, due)
+            await self.inbox.wait(timeout)
+            for item in self.inbox.drain():
+                if isinstance(item, Message):
+                    self.raw.step(item)
+                elif isinstance(item, TransferTo):
+                    try:
+                        self.raw.transfer_leadership(item.raft_id)
+                    except (NotLeader, ProposalDropped):
+                        pass
+                elif item is Stop:
+                    self.stopped = True
+            now = loop.time()
+            behind = 0
+            while now >= next_tick and behind < 5:
+                self.raw.tick()
+                next_tick += tick
+                behind += 1
+            if now >= next_tick:
+                next_tick = now + tick
+            self.proposer.maybe_propose()
+            await self._handle_readies()
+            self._maybe_snapshot()
+
+    async def _handle_readies(self) -> None:
+        while self.raw.has_ready():
+            rd: Ready = self.raw.ready()
+            if rd.soft_state is not None:
+                self.proposer.on_role_change(rd.soft_state.state)
+            for m in rd.messages:
+                self.send(m)
+            if rd.must_sync:
+                t = time.perf_counter()
+                await asyncio.to_thread(self.dd.raft.save, rd.hard_state, rd.entries, rd.snapshot)
+                self.metrics.fsync_seconds.observe(time.perf_counter() - t)
+            if rd.snapshot is not None:
+                # the snapshot is durable: now fetch the blocks it stands for (a crash
+                # before this ends is resumed by `run` on the next start)
+                self.snapshot_height = await self.sync.catch_up(rd.snapshot)
+            for m in rd.messages_after_write:
+                self.send(m)
+            if rd.committed_entries:
+                await self.applier.apply(rd.committed_entries)
+            self.raw.advance(rd)
+
+    def _maybe_snapshot(self) -> None:
+        """Every `snapshot_every_blocks` blocks: record where the ledger is as the Raft
+        snapshot and drop the log before it, keeping `keep_entries` for slow followers."""
+        led = self.dd.ledger
+        if led.height - self.snapshot_height < self.cfg.snapshot_every_blocks:
+            return
+        if self.raw.status().applied != led.applied_index:
+            return
+        led.sync()  # what the snapshot describes is on disk before the log entries go
+        self.raw.compact(SnapshotInfo(led.height, led.head_hash, led.applied_index).encode(),
+                         keep=self.cfg.keep_entries)
+        self.snapshot_height = led.height
+        log.info("snapshot at height %d (index %d)", led.height, led.applied_index)

@@ -1,0 +1,105 @@
+"""Gossip of admitted transactions between the nodes, so every mempool holds them and a
+new leader loses nothing. Out: what this node admits is sent to every peer in batches,
+every `gossip_ms`. In: a peer's frame is decoded and its signatures checked in a checker
+thread, a frame at a time, so thousands of transactions never hold the loop that drives
+Raft; a stranger's transaction (see node.admission) is dropped."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from typing import Callable
+
+from crmledger.ledger.tx import Tx, TxError, decode_tx
+from crmledger.node.admission import Admission
+from crmledger.node.mempool import Mempool, MempoolFull
+from crmledger.node.metrics import Metrics
+from crmledger.node.peers import PeerLinks
+from crmledger.storage.ledger_store import LedgerStore
+
+log = logging.getLogger("crmledger.node")
+FRAME_TXS = 2000        # transactions per gossiped frame
+MAX_FRAME_TXS = 10_000  # read of a peer's frame
+QUEUED_FRAMES = 256     # frames from peers waiting to be checked; past this they are dropped
+
+
+class Gossip:
+    def __init__(self, period_ms: int, peers: PeerLinks, mempool: Mempool, ledger: LedgerStore,
+                 admission: Admission, checker: Executor, metrics: Metrics, added: Callable[[], None]) -> None:
+        self.period = period_ms / 1000
+        self.peers = peers
+        self.mempool = mempool
+        self.ledger = ledger
+        self.admission = admission
+        self.checker = checker
+        self.metrics = metrics
+        self.added = added   # called after a transaction from a peer entered the mempool
+        self.out: list[bytes] = []
+        self.incoming: asyncio.Queue[list] = asyncio.Queue(QUEUED_FRAMES)
+
+    # -- out -----------------------------------------------------------------------------
+    def send_later(self, tx: Tx) -> None:
+        self.out.append(tx.encode())
+
+    async def run_out(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            if self.out:
+                batch, self.out = self.out, []
+                for i in range(0, len(batch), FRAME_TXS):
+                    self.peers.broadcast("txs", batch[i:i + FRAME_TXS])
+
+    # -- in ------------------------------------------------------------------------------
+    def received(self, envs: list) -> None:
+        """A peer's frame of transactions (from the peer links' reader)."""
+        try:
+            self.incoming.put_nowait(envs[:MAX_FRAME_TXS])
+        except asyncio.QueueFull:
+            self.metrics.mempool_full_drops.inc(len(envs))
+
+    async def run_in(self) -> None:
+        while True:
+            envs = await self.incoming.get()
+            try:
+                await self.take(envs)
+            except Exception:   # a peer's frame must never take the node down
+                log.exception("dropping a gossiped frame")
+                self.metrics.peer_frames_rejected.inc()
+
+    async def take(self, envs: list) -> None:
+        txs = await asyncio.get_running_loop().run_in_executor(self.checker, self._check, envs)
+        now = time.monotonic()
+        committed = self.ledger.committed_among(txs)
+        for tx in txs:
+            if tx.tx_id in self.mempool or tx.tx_id in committed:
+                continue
+            if not self.admission.member(self.ledger.get, tx):
+                self.metrics.tx_rejected.labels(reason="unknown_signer_gossiped").inc()
+                continue
+            try:
+                self.mempool.add(tx, now)
+            except MempoolFull:
+                self.metrics.mempool_full_drops.inc()
+                continue
+            self.added()
+
+    def _check(self, envs: list) -> list[Tx]:
+        """The well-formed, well-signed transactions of a frame that this node does not
+        hold yet (run in a checker thread: it only reads the mempool)."""
+        out = []
+        for env in envs:
+            if type(env) is not bytes:
+                continue
+            try:
+                tx = decode_tx(env)
+            except TxError:
+                self.metrics.peer_frames_rejected.inc()
+                continue
+            if tx.tx_id in self.mempool:
+                continue
+            if not tx.signature_ok():
+                self.metrics.peer_frames_rejected.inc()
+                continue
+            out.append(tx)
+        return out
