@@ -27,13 +27,17 @@ READERS = 12
 GAP_LIMIT = 0.5   # s: half the election timeout of the test cluster (10 ticks of 100 ms)
 
 
+def _observations_over(c: Cluster, i: int, histogram: str, limit: float) -> int:
+    """How many observations node i's histogram `histogram` holds above `limit`."""
+    text = c.get_text(i, "/metrics")
+    count = float(re.search(rf"^{histogram}_count (\S+)$", text, re.M).group(1))
+    under = float(re.search(rf'^{histogram}_bucket{{le="{limit}"}} (\S+)$', text, re.M).group(1))
+    return int(count - under)
+
+
 def _gaps_over(c: Cluster, i: int, limit: float) -> int:
     """How many gaps between the leader's Raft messages node i has seen above `limit`."""
-    text = c.get_text(i, "/metrics")
-    count = float(re.search(r"^crmledger_raft_leader_gap_seconds_count (\S+)$", text, re.M).group(1))
-    under = float(re.search(rf'^crmledger_raft_leader_gap_seconds_bucket{{le="{limit}"}} (\S+)$', text,
-                            re.M).group(1))
-    return int(count - under)
+    return _observations_over(c, i, "crmledger_raft_leader_gap_seconds", limit)
 
 
 def _poll_status(c: Cluster, i: int, stop: threading.Event, out: list[float]) -> None:
@@ -105,14 +109,6 @@ def _load(url: str, height: int, writer_pem: bytes, seconds: float) -> dict:
     return done
 
 
-def _loop_lag_over(c: Cluster, i: int, limit: float) -> int:
-    text = c.get_text(i, "/metrics")
-    count = float(re.search(r"^crmledger_event_loop_lag_seconds_count (\S+)$", text, re.M).group(1))
-    under = float(re.search(rf'^crmledger_event_loop_lag_seconds_bucket{{le="{limit}"}} (\S+)$', text,
-                            re.M).group(1))
-    return int(count - under)
-
-
 def test_reads_flooding_the_leader_never_stall_consensus(tmp_path):
     c = Cluster(tmp_path)
     try:
@@ -145,7 +141,7 @@ def test_reads_flooding_the_leader_never_stall_consensus(tmp_path):
         finally:
             stop.set()
             poller.join()
-        lag = _loop_lag_over(c, leader, 0.05)
+        lag = _observations_over(c, leader, "crmledger_event_loop_lag_seconds", 0.05)
 
         after = c.status(leader)
         assert (after["role"], after["term"]) == ("leader", before["term"]), (before, after)
