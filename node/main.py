@@ -4,6 +4,7 @@ stops the HTTP server and the peer links, and closes storage."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -29,7 +30,19 @@ class _JsonLines(logging.Formatter):
                            "logger": r.name, "msg": r.getMessage()})
 
 
+def _time_gc(metrics) -> None:
+    started = [0.0]
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            metrics.gc_pause.labels(generation=str(info["generation"])).observe(time.perf_counter() - started[0])
+    gc.callbacks.append(callback)
+
+
 async def serve(node: Node) -> None:
+    _time_gc(node.metrics)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -42,6 +55,7 @@ async def serve(node: Node) -> None:
             host, _, port = node.cfg.api_listen.rpartition(":")
             await web.TCPSite(runner, host, int(port)).start()
             log.info("serving HTTP on %s, peers on %s", node.cfg.api_listen, node.me.peer_addr)
+            gc.freeze()   # what start-up made lives as long as the process: keep it out of collections
             await stop.wait()
             log.info("stopping")
             await node.hand_over()   # submissions refused from here on; a leader hands over

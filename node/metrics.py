@@ -39,6 +39,8 @@ class Metrics:
         self.loop_lag = Histogram("crmledger_event_loop_lag_seconds",
                                   "how late the event loop (HTTP, Raft, peers) woke a task due now", registry=r,
                                   buckets=(.001, .005, .01, .02, .05, .1, .2, .5, 1))
+        self.gc_pause = Histogram("crmledger_gc_pause_seconds", "pauses of Python's cyclic garbage collector",
+                                  ["generation"], registry=r, buckets=(.001, .005, .01, .02, .05, .1, .2, .5))
         self.busy_refusals = Counter("crmledger_busy_refusals",
                                      "heavy reads and large batches refused: every worker busy", registry=r)
         self.mempool_full_drops = Counter("crmledger_mempool_full_drops", "gossiped transactions not kept: full",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import multiprocessing
+import os
 import signal
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -54,12 +55,14 @@ class Workers:
 
 
 # -- in each reader process ---------------------------------------------------------------------
+READER_NICENESS = 10   # below the node's own process, which drives Raft
 _store: LedgerStore | None = None
 
 
 def _open_store(db_path: str, genesis: dict) -> None:
     global _store
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the node stops its readers itself
+    os.nice(READER_NICENESS)   # a flood of reads must not take the CPU from consensus
     _store = LedgerStore(connect(db_path, readonly=True, cache_mb=16), genesis_from_dict(genesis),
                          readonly=True, lookups=False)
 

@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import json
 import multiprocessing
+import os
 import re
 import threading
 import time
@@ -98,7 +99,10 @@ async def _flood(url: str, height: int, until: float, done: dict) -> None:
 
 
 def _load(url: str, height: int, writer_pem: bytes, seconds: float) -> dict:
-    """The flood and the writer, for FLOOD_S seconds (run in a process of its own)."""
+    """The flood and the writer, for FLOOD_S seconds (run in a process of its own, at a
+    low priority: these clients stand for other machines, and here they share the
+    nodes' two cores)."""
+    os.nice(10)
     done: dict = {}
     until = time.monotonic() + seconds
 
