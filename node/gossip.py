@@ -1,8 +1,8 @@
 """Gossip of admitted transactions between the nodes, so every mempool holds them and a
 new leader loses nothing. Out: what this node admits is sent to every peer in batches,
-every `gossip_ms`. In: a peer's frame is decoded and its signatures checked in a checker
-thread, a frame at a time, so thousands of transactions never hold the loop that drives
-Raft; a stranger's transaction (see node.admission) is dropped."""
+every `gossip_ms`. In: a peer's frame is decoded and its signatures checked a frame at a
+time, in a checker thread unless it is small, so thousands of transactions never hold
+the loop that drives Raft; a stranger's transaction (see node.admission) is dropped."""
 from __future__ import annotations
 
 import asyncio
@@ -22,6 +22,7 @@ log = logging.getLogger("crmledger.node")
 FRAME_TXS = 2000        # transactions per gossiped frame
 MAX_FRAME_TXS = 10_000  # read of a peer's frame
 QUEUED_FRAMES = 256     # frames from peers waiting to be checked; past this they are dropped
+INLINE_TXS = 16         # a frame of up to this many is checked on the loop (a few ms at most)
 
 
 class Gossip:
@@ -68,7 +69,10 @@ class Gossip:
                 self.metrics.peer_frames_rejected.inc()
 
     async def take(self, envs: list) -> None:
-        txs = await asyncio.get_running_loop().run_in_executor(self.checker, self._check, envs)
+        if len(envs) <= INLINE_TXS:   # a few: cheaper here than a trip to a thread
+            txs = self._check(envs)
+        else:
+            txs = await asyncio.get_running_loop().run_in_executor(self.checker, self._check, envs)
         now = time.monotonic()
         committed = self.ledger.committed_among(txs)
         for tx in txs:
