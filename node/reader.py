@@ -9,6 +9,8 @@ no store (checking the signatures of a large batch)."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import functools
 import multiprocessing
 import os
@@ -59,8 +61,21 @@ READER_NICENESS = 10   # below the node's own process, which drives Raft
 _store: LedgerStore | None = None
 
 
+def _die_with_parent() -> None:
+    """A node killed outright (kill -9) takes its readers with it (Linux's
+    PR_SET_PDEATHSIG; elsewhere they end when their pipe to the node closes)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:   # the node died before that took effect
+        os._exit(0)
+
+
 def _open_store(db_path: str, genesis: dict) -> None:
     global _store
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the node stops its readers itself
     os.nice(READER_NICENESS)   # a flood of reads must not take the CPU from consensus
     _store = LedgerStore(connect(db_path, readonly=True, cache_mb=16), genesis_from_dict(genesis),

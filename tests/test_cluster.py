@@ -6,6 +6,7 @@ import socket
 import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,19 @@ def cluster(tmp_path):
         yield c
     finally:
         c.stop_all()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed process can stay one for a while)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _all_verify(c: Cluster) -> None:
@@ -55,7 +69,10 @@ def test_kill_9_of_the_leader(cluster):
     for k in range(3):
         assert cluster.register(1, f"a{k}")[0] == 200
     old = cluster.leader()
+    readers = _children(cluster.procs[old].pid)
+    assert readers   # its reader processes
     cluster.stop(old, signal.SIGKILL)
+    wait_for(lambda: not any(_running(p) for p in readers), 10, "the killed node's readers to end with it")
     new = cluster.wait_leader()
     assert new != old
     others = [i for i in (1, 2, 3) if i != old]
