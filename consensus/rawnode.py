@@ -259,5 +259,10 @@ class RawNode:
         return self.raft.id
 
     @property
+    def leader_id(self) -> int:
+        """The leader this node knows of (0: none); cheaper than `status()` per message."""
+        return self.raft.lead
+
+    @property
     def dropped(self):
         return self.raft.dropped

@@ -93,7 +93,7 @@ class Node:
 
     # -- status ------------------------------------------------------------------------------
     def leader_id(self) -> str | None:
-        return self.by_raft_id.get(self.raw.status().leader_id)
+        return self.by_raft_id.get(self.raw.leader_id)
 
     def status(self) -> dict:
         st = self.raw.status()
@@ -162,7 +162,7 @@ class Node:
             if self.by_raft_id.get(m.frm) != peer:
                 raise WireError(f"{peer} sent a Raft message as another node")
             now = time.monotonic()
-            if peer in self.last_raft_from and m.frm == self.raw.status().leader_id:
+            if peer in self.last_raft_from and m.frm == self.raw.leader_id:
                 self.metrics.leader_gap.observe(now - self.last_raft_from[peer])
             self.last_raft_from[peer] = now
             self.inbox.put(m)

@@ -133,7 +133,9 @@ _junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
                              "/v1/customers/{x}/history", "/v1/tickets/{x}", "/v1/loyalty/{x}", "/v1/status"]),
        x=st.text(alphabet="abcdef0123456789-_.%", max_size=70), body=_junk,
        ctype=st.sampled_from(["application/json", "application/msgpack", "text/html"]),
-       query=st.sampled_from(["", "?wait=commit&timeout=0.01", "?wait=x", "?timeout=-1", "?full=1"]))
+       query=st.sampled_from(["", "?wait=commit&timeout=0.01", "?wait=x", "?timeout=-1", "?full=1",
+                              "?order=desc&limit=5&after=1.0", "?limit=%C2%B2", "?after=abc", "?order=up",
+                              "?from_height=%C2%B2"]))
 def test_no_input_gives_a_500(tmp_path_factory, path, x, body, ctype, query):
     async def run():
         node, key = _node(tmp_path_factory.mktemp("fuzz"))

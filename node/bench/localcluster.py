@@ -17,11 +17,21 @@ from crmledger.node.ops.cluster_init import init_cluster
 
 
 
+def _below_ephemeral() -> int:
+    """The first port the kernel may hand out to outgoing connections: ports chosen below
+    it cannot be taken by one between choosing and binding."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(offsets: list[int]) -> int:
     """A base port for which base+o is free for every offset o."""
     rng = random.Random()
+    top = max(_below_ephemeral() - max(offsets) - 1, 11000)
     for _ in range(500):
-        base = rng.randrange(20000, 40000)
+        base = rng.randrange(10000, top)
         socks = []
         try:
             for o in offsets:
