@@ -108,7 +108,10 @@ async def _end_streams(app: web.Application) -> None:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[NODE].render_metrics(), content_type="text/plain", charset="utf-8")
+    node = request.app[NODE]
+    for reason, n in request.app[GUARD].counts().items():
+        node.metrics.http_closed.labels(reason=reason).set(n)
+    return web.Response(body=node.render_metrics(), content_type="text/plain", charset="utf-8")
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -6,8 +6,8 @@ parser finds (an over-long request line, a bad header) answered in JSON like eve
 other error.
 
 aiohttp's server offers no hook for the first two, so `GuardedRunner` gives the server it
-makes a subclass that reports connections to the guard and makes request handlers whose
-error answers are JSON; a middleware tells the guard when a request's headers are in
+makes a subclass whose request handlers ask the guard before they serve a connection,
+tell it when one is lost, and answer errors in JSON; a middleware tells the guard when a request's headers are in
 and when its answer is done."""
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ class ConnectionGuard:
         self.refused = 0
         self.timed_out = 0
 
-    def opened(self, handler: RequestHandler, transport: asyncio.BaseTransport) -> None:
+    def opened(self, handler: RequestHandler, transport: asyncio.BaseTransport) -> bool:
+        """Whether a new connection may be served; one over the cap is answered and closed."""
         peer = transport.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         if self.per_client[client] >= self.limits.client_connections:
@@ -43,10 +44,11 @@ class ConnectionGuard:
                             f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
                             f"{body}".encode())
             transport.close()
-            return
+            return False
         self.per_client[client] += 1
         self.conns[handler] = (client, transport)
         self.deadline[handler] = time.monotonic() + self.limits.header_timeout_s
+        return True
 
     def closed(self, handler: RequestHandler) -> None:
         got = self.conns.pop(handler, None)
@@ -62,6 +64,9 @@ class ConnectionGuard:
     def request_done(self, handler) -> None:
         if handler in self.conns:
             self.deadline[handler] = time.monotonic() + self.limits.idle_timeout_s
+
+    def counts(self) -> dict[str, int]:
+        return {"too_many_connections": self.refused, "timed_out": self.timed_out}
 
     def sweep(self, now: float) -> None:
         """Close every connection whose next request's headers are overdue."""
@@ -97,6 +102,10 @@ async def guard_sweeper(app: web.Application):
 
 
 class _JsonErrorHandler(RequestHandler):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._manager.guard.opened(self, transport):   # otherwise answered and closed: nothing starts
+            super().connection_made(transport)
+
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)   # logs, and checks nothing was sent yet
@@ -115,10 +124,6 @@ class _GuardedServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
-
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        self.guard.opened(handler, transport)
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)

@@ -39,6 +39,8 @@ class Metrics:
         self.loop_lag = Histogram("crmledger_event_loop_lag_seconds",
                                   "how late the event loop (HTTP, Raft, peers) woke a task due now", registry=r,
                                   buckets=(.001, .005, .01, .02, .05, .1, .2, .5, 1))
+        self.http_closed = Gauge("crmledger_http_connections_closed", "HTTP connections closed by the node "
+                                 "since start: over the per-client cap, or headers too slow", ["reason"], registry=r)
         self.gc_pause = Histogram("crmledger_gc_pause_seconds", "pauses of Python's cyclic garbage collector",
                                   ["generation"], registry=r, buckets=(.001, .005, .01, .02, .05, .1, .2, .5))
         self.busy_refusals = Counter("crmledger_busy_refusals",

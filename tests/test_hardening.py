@@ -5,6 +5,7 @@ the exact cases an adversarial probe found."""
 import asyncio
 import json
 import os
+import re
 import stat
 import time
 
@@ -207,7 +208,8 @@ async def test_exact_requests_get_json_4xx(tmp_path):
         env = _register(key, "dup")
         raw = json.dumps(env)
         twice = raw[:-1] + ', "sig": "' + "00" * 64 + '"}'   # "sig" twice: the last would win
-        for path in ("/v1/customers/%ED%A0%80", "/v1/customers/" + "a" * 129 + "/history", "/v1/tickets/a%20b",
+        for path in ("/v1/customers/%ED%A0%80", "/v1/customers/" + "a" * 129 + "/history",
+                     "/v1/tickets/a%20b",
                      "/v1/loyalty/%FF", "/v1/blocks/²", "/v1/blocks/1²", "/v1/events?from_height=²", "/v1/events?from_height=abc",
                      "/v1/customers/x/history?limit=0", "/v1/customers/x/history?limit=²",
                      "/v1/customers/x/history?after=1", "/v1/customers/x/history?order=up"):
@@ -384,6 +386,11 @@ async def test_slow_and_idle_connections_are_closed_and_capped_per_client(tmp_pa
         assert out.startswith(b"HTTP/1.1 503") and b"too_many_connections" in out
         for _, w in held:
             w.close()
+        await asyncio.sleep(0.1)   # let the server see them go
+        text = (await s.raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).decode()
+        assert 'crmledger_http_connections_closed{reason="too_many_connections"} 1.0' in text
+        timed_out = re.search(r'crmledger_http_connections_closed\{reason="timed_out"\} (\S+)', text).group(1)
+        assert float(timed_out) >= 1   # the trickler (the idle one may go by aiohttp's own keep-alive limit)
 
 
 # -- the audit trail ------------------------------------------------------------------------------
