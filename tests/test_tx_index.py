@@ -118,7 +118,8 @@ def test_an_index_in_an_older_layout_is_rebuilt_from_the_blocks(tmp_path, monkey
     from functools import partial
     from crmledger.storage.datadir import open_data_dir
     from tests.ledger_kit import GENESIS, Chain, registrations
-    monkeypatch.setattr("crmledger.storage.ledger_store.TxIndex", partial(TxIndex, merge_at=100))   # merges as it rebuilds
+    # merges as it rebuilds
+    monkeypatch.setattr("crmledger.storage.ledger_store.TxIndex", partial(TxIndex, merge_at=100))
     d = open_data_dir(tmp_path / "n", GENESIS)
     ch = Chain(d.ledger)
     for b in range(6):

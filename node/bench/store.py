@@ -210,7 +210,8 @@ def _one_run(base: Path, workload: Path, total: int, block: int, say) -> dict:
     for _ in range(3):
         t = time.monotonic()
         subprocess.run([sys.executable, "-c",
-                        "import sys; from crmledger.storage.datadir import open_data_dir; d = open_data_dir(sys.argv[1]); "
+                        "import sys; from crmledger.storage.datadir import open_data_dir; "
+                        "d = open_data_dir(sys.argv[1]); "
                         "print(d.ledger.height, d.raft.last_index()); d.close()", str(base / "node")],
                        check=True, capture_output=True)
         reopen.append(time.monotonic() - t)
@@ -218,7 +219,8 @@ def _one_run(base: Path, workload: Path, total: int, block: int, say) -> dict:
     # it sees the machine as the audit did
     ref_runs = [_verify_rate(verify) for _ in range(3)]
     say("  verifying ...")
-    v = _child("import sys; from crmledger.node.bench.store import _verify_main as m; m(sys.argv[1])", str(base / "node"))
+    v = _child("import sys; from crmledger.node.bench.store import _verify_main as m; m(sys.argv[1])",
+               str(base / "node"))
     if not v["ok"]:
         raise RuntimeError(f"verify failed: {v['reason']}")
     ref_nacl = statistics.median(ref_runs + [_verify_rate(verify) for _ in range(3)])
