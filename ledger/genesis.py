@@ -60,6 +60,12 @@ class Genesis:
     def is_genesis_admin(self, pubkey: str) -> bool:
         return any(pubkey in admins for admins in self.orgs.values())
 
+    def node_by_key(self, pubkey: str) -> NodeInfo | None:
+        return next((n for n in self.nodes.values() if n.pubkey == pubkey), None)
+
+    def nodes_of(self, org: str) -> list[NodeInfo]:
+        return [n for n in self.nodes.values() if n.org == org]
+
 
 def _field(obj: Mapping, name: str, kind: type, where: str) -> Any:
     if name not in obj:

@@ -1,9 +1,14 @@
 """The keys of the world state: one prefix per kind of record (identities, customers,
-consents, tickets, loyalty accounts), and the keys a transaction may read, so that
+consents, tickets and their deadlines, loyalty programs and accounts, reviews, read
+requests filed, purge causes and receipts), and the keys a transaction may read, so that
 storage can fetch a whole block's worth at once."""
 from __future__ import annotations
 
+import hashlib
+
 from .tx import Tx
+
+DEADLINE_PREFIX = b"dl/"
 
 
 def k_identity(pubkey: str) -> bytes:
@@ -22,8 +27,47 @@ def k_ticket(tid: str) -> bytes:
     return b"ti/" + tid.encode()
 
 
+def k_deadline(due_ms: int, tid: str, kind: str) -> bytes:
+    """A ticket's service-level deadline, ordered by time (see `due_before`)."""
+    return DEADLINE_PREFIX + b"%020d/" % due_ms + tid.encode() + b"\x00" + kind.encode()
+
+
+def due_before(ts: int) -> tuple[bytes, bytes]:
+    """The key range [lo, hi) of the deadlines strictly before `ts`."""
+    return DEADLINE_PREFIX, DEADLINE_PREFIX + b"%020d" % ts
+
+
+def deadline_of(key: bytes) -> tuple[int, str, str]:
+    """(due, ticket_id, kind) of a deadline key."""
+    due, rest = key[len(DEADLINE_PREFIX):].split(b"/", 1)
+    tid, kind = rest.split(b"\x00", 1)
+    return int(due), tid.decode(), kind.decode()
+
+
+def k_program(program: str) -> bytes:
+    return b"lp/" + program.encode()
+
+
 def k_loyalty(cid: str, program: str) -> bytes:
     return b"lo/" + cid.encode() + b"\x00" + program.encode()
+
+
+def k_review(org: str, review_id: str) -> bytes:
+    return b"rv/" + org.encode() + b"\x00" + review_id.encode()
+
+
+def k_request(sig_hex: str) -> bytes:
+    """A signed read request filed in a valid `access.read` (by its signature)."""
+    return b"rq/" + hashlib.sha256(sig_hex.encode()).digest()
+
+
+def k_cause(tx_id: str) -> bytes:
+    """An erase or update after which nodes purge private data."""
+    return b"pc/" + tx_id.encode()
+
+
+def k_purged(cause: str, node_key: str, kind: str) -> bytes:
+    return b"pg/" + cause.encode() + b"\x00" + node_key.encode() + b"\x00" + kind.encode()
 
 
 def keys_for(tx: Tx) -> list[bytes]:
@@ -43,6 +87,14 @@ def keys_for(tx: Tx) -> list[bytes]:
         keys.append(k_consent(cid, p["grantee_org"]))
     elif t in ("ticket.open", "ticket.update"):
         keys.append(k_ticket(p["ticket_id"]))
+    elif t == "review.post":
+        keys += [k_ticket(p["ticket_id"]), k_review(p["org"], p["review_id"])]
+    elif t == "loyalty.program":
+        keys.append(k_program(p["program"]))
     elif t in ("loyalty.issue", "loyalty.redeem"):
-        keys.append(k_loyalty(cid, p["program"]))
+        keys += [k_loyalty(cid, p["program"]), k_program(p["program"])]
+    elif t == "access.read":
+        keys += [k_identity(p["reader"]), k_consent(cid, p["reader_org"]), k_request(p["request"]["sig"])]
+    elif t == "privacy.purged":
+        keys += [k_cause(p["cause"]), k_purged(p["cause"], tx.signer, p["kind"])]
     return keys

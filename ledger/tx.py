@@ -17,12 +17,15 @@ TX_PREFIX = b"crmledger/tx/v1\n"
 MAX_TX_BYTES = 64 * 1024   # the most any stored or gossiped envelope may take
 # the most each type's signing bytes may take: what its largest legal payload needs, so
 # that no signer can make every node store more than its transaction says
-MAX_BYTES_BY_TYPE = {"consent.grant": 6 * 1024}
+MAX_BYTES_BY_TYPE = {"consent.grant": 6 * 1024, "access.read": 8 * 1024, "loyalty.program": 10 * 1024}
 MAX_BYTES_DEFAULT = 2 * 1024
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _HEXANY = re.compile(r"(?:[0-9a-f]{2})*\Z")
 _ID = re.compile(r"[A-Za-z0-9._:@+\-]{1,128}\Z")
+# what personal data may be used for (W3C Data Privacy Vocabulary names, SPEC §3)
+PURPOSES = ("dpv:CustomerCare", "dpv:CustomerRelationshipManagement", "dpv:CustomerClaimsManagement",
+            "dpv:DirectMarketing", "dpv:PersonalisedBenefits", "dpv:ServiceProvision")
 
 
 class TxError(ValueError):
@@ -96,19 +99,48 @@ def _scope(v: Any) -> str | None:
     return None
 
 
+def _rating(v: Any) -> str | None:
+    return None if type(v) is int and 1 <= v <= 5 else "must be an integer from 1 to 5"
+
+
+def _orgs(v: Any) -> str | None:
+    if type(v) is not list or len(v) > 64 or any(_ident(o) for o in v) or len(set(v)) != len(v):
+        return "must be a list of up to 64 distinct org names"
+    return None
+
+
+def _fields(v: Any) -> str | None:
+    if v == ["*"]:
+        return None
+    return _scope(v) or (None if v == sorted(v) else "must be sorted")
+
+
+def _request(v: Any) -> str | None:
+    ok = type(v) is dict and set(v) == {"method", "path", "ts", "sig"} and v["method"] == "GET" \
+        and type(v["path"]) is str and 0 < len(v["path"]) <= 2048 and type(v["ts"]) is int and v["ts"] >= 0 \
+        and type(v["sig"]) is str and len(v["sig"]) == 128 and _HEXANY.match(v["sig"]) is not None
+    return None if ok else 'must be {"method": "GET", "path", "ts", "sig"} of the signed request'
+
+
 PAYLOADS: dict[str, dict[str, Check]] = {
     "identity.register": {"pubkey": _hex64, "role": _one_of("agent", "admin")},
     "customer.register": {"customer_id": _ident, "customer_key": _or_null(_hex64), "profile_hash": _hex64},
     "customer.update": {"customer_id": _ident, "profile_hash": _hex64},
     "consent.grant": {"customer_id": _ident, "grantee_org": _ident, "scope": _scope,
-                      "purpose": _text(256), "expires_ts": _or_null(_int)},
+                      "purpose": _one_of(*PURPOSES), "expires_ts": _or_null(_int)},
     "consent.revoke": {"customer_id": _ident, "grantee_org": _ident},
     "customer.erase": {"customer_id": _ident},
     "ticket.open": {"ticket_id": _ident, "customer_id": _ident, "channel": _text(64), "subject_hash": _hex64},
     "ticket.update": {"ticket_id": _ident, "status": _one_of("open", "in_progress", "resolved", "closed"),
                       "note_hash": _hex64},
+    "review.post": {"review_id": _ident, "customer_id": _ident, "org": _ident, "ticket_id": _ident,
+                    "rating": _rating, "text_hash": _hex64},
+    "loyalty.program": {"program": _ident, "partners": _orgs},
     "loyalty.issue": {"customer_id": _ident, "program": _ident, "amount": _positive_int},
-    "loyalty.redeem": {"customer_id": _ident, "program": _ident, "amount": _positive_int},
+    "loyalty.redeem": {"customer_id": _ident, "program": _ident, "amount": _positive_int, "at_org": _ident},
+    "access.read": {"customer_id": _ident, "reader": _hex64, "reader_org": _ident, "fields": _fields,
+                    "purpose": _one_of(*PURPOSES), "request": _request},
+    "privacy.purged": {"customer_id": _ident, "cause": _hex64, "kind": _one_of("profile", "ticket", "review")},
 }
 TX_TYPES = frozenset(PAYLOADS)
 
@@ -240,6 +272,8 @@ def sign_tx(key: SigningKey, type_: str, org: str, nonce: str, ts: int, payload:
 
 
 
-def profile_hash(salt: bytes, profile: dict) -> str:
-    """SPEC §3: hex SHA-256 of salt + msgpack(canonical(profile))."""
-    return hashlib.sha256(salt + canonical_bytes(profile)).hexdigest()
+def private_hash(salt: bytes, value: dict | str) -> str:
+    """SPEC §3: hex SHA-256 of salt + msgpack(canonical(value)), for a profile map or a
+    text."""
+    return hashlib.sha256(salt + canonical_bytes(value)).hexdigest()
+

@@ -28,7 +28,7 @@ from crmledger.ledger.block import Block, check_block
 from crmledger.ledger.canonical import canonical_bytes
 from crmledger.ledger.genesis import Genesis
 from crmledger.ledger.rules import BlockOutcome, apply_block
-from crmledger.ledger.statekeys import keys_for
+from crmledger.ledger.statekeys import due_before, keys_for
 from crmledger.ledger.tx import Tx
 
 from .index.cache import RecentCache
@@ -89,6 +89,11 @@ class _BlockView:
 
     def nonce_seen(self, signer: str, nonce: str) -> bool:
         return (signer, nonce) in self.sns
+
+    def due(self, ts: int) -> list[bytes]:
+        lo, hi = due_before(ts)
+        return [k for (k,) in self.store.conn.execute("SELECT k FROM state WHERE k >= ? AND k < ? ORDER BY k",
+                                                      (lo, hi))]
 
 
 class LedgerStore(LedgerReads):

@@ -45,7 +45,7 @@ def test_customer_register_update_and_ownership(chain):
 
 def test_consent_grant_revoke_by_the_customer_only(chain):
     chain.commit([register(), register(cid="nokey", ck=None)])
-    grant = dict(customer_id="c1", grantee_org="org2", scope=["email"], purpose="support")
+    grant = dict(customer_id="c1", grantee_org="org2", scope=["email"], purpose="dpv:CustomerCare")
     assert chain.commit([
         tx(CK, "consent.grant", "", expires_ts=None, **grant),
         tx(A1, "consent.grant", "org1", expires_ts=None, **grant),
@@ -54,7 +54,7 @@ def test_consent_grant_revoke_by_the_customer_only(chain):
         tx(key("other"), "consent.grant", "", expires_ts=None, **{**grant, "customer_id": "nokey"}),
     ]) == ["valid", "forbidden", "unknown_org", "bad_expiry", "forbidden"]
     c = chain.store.get(b"co/c1\x00org2")
-    assert (c["scope"], c["purpose"], c["expires_ts"]) == (["email"], "support", None)
+    assert (c["scope"], c["purpose"], c["expires_ts"]) == (["email"], "dpv:CustomerCare", None)
     assert chain.commit([
         tx(CK, "consent.revoke", "", customer_id="c1", grantee_org="org2"),
         tx(CK, "consent.revoke", "", customer_id="c1", grantee_org="org2"),
@@ -69,7 +69,7 @@ def test_erasure_by_customer_or_owner_admin_then_nothing_more(chain):
         tx(A2, "customer.erase", "org2", customer_id="c2"),    # nor other orgs
         tx(A1, "customer.erase", "org1", customer_id="c2"),
         tx(CK, "customer.erase", "", customer_id="c1"),
-        tx(CK, "consent.grant", "", customer_id="c1", grantee_org="org2", scope=["*"], purpose="p",
+        tx(CK, "consent.grant", "", customer_id="c1", grantee_org="org2", scope=["*"], purpose="dpv:CustomerCare",
            expires_ts=None),
         tx(A1, "loyalty.issue", "org1", customer_id="c1", program="p", amount=1),
     ]) == ["forbidden", "forbidden", "valid", "valid", "erased", "erased"]
@@ -77,19 +77,50 @@ def test_erasure_by_customer_or_owner_admin_then_nothing_more(chain):
     assert chain.store.get(k_customer("c1"))["profile_hash"] is None
 
 
+def program(name="miles", a=None, org="org1", partners=()):
+    return tx(a or A1, "loyalty.program", org, program=name, partners=list(partners))
+
+
 def test_loyalty_redeems_race_in_one_block(chain):
-    chain.commit([register(), tx(A1, "loyalty.issue", "org1", customer_id="c1", program="miles", amount=100)])
-    r = lambda n: tx(CK, "loyalty.redeem", "", customer_id="c1", program="miles", amount=n)  # noqa: E731
+    chain.commit([register(), program(),
+                   tx(A1, "loyalty.issue", "org1", customer_id="c1", program="miles", amount=100)])
+    r = lambda n: tx(CK, "loyalty.redeem", "", customer_id="c1", program="miles", amount=n, at_org="org1")  # noqa
     assert chain.commit([r(60), r(60), r(40), r(1)]) == ["valid", "insufficient_balance", "valid",
                                                          "insufficient_balance"]
     assert chain.store.get(k_loyalty("c1", "miles"))["balance"] == 0
-    # a program belongs to the org that issued first; only the customer redeems
+    # only partners issue; only the customer redeems
     assert chain.commit([
         tx(A2, "loyalty.issue", "org2", customer_id="c1", program="miles", amount=5),
-        tx(A1, "loyalty.redeem", "org1", customer_id="c1", program="miles", amount=1),
+        tx(A1, "loyalty.redeem", "org1", customer_id="c1", program="miles", amount=1, at_org="org1"),
         tx(A1, "loyalty.issue", "org1", customer_id="c1", program="miles", amount=(1 << 63) - 1),
         tx(A1, "loyalty.issue", "org1", customer_id="c1", program="miles", amount=1),
-    ]) == ["forbidden", "forbidden", "valid", "overflow"]
+        tx(A1, "loyalty.issue", "org1", customer_id="c1", program="nope", amount=1),
+    ]) == ["forbidden", "forbidden", "valid", "overflow", "unknown_program"]
+
+
+def test_loyalty_programs_are_shared_by_partners(chain):
+    """A program names its partners; a partner issues to its own customers or to those
+    who consented to it for personalised benefits; the customer redeems at any partner."""
+    chain.commit([register(), register(cid="c2", a=A2, org="org2", ck=None)])
+    assert chain.commit([
+        program("shared", partners=["org2"]), program("shared", A2, "org2"), program("x", A2, "org2", ["org9"]),
+        program("solo", A2, "org2"),
+    ]) == ["valid", "program_exists", "unknown_org", "valid"]
+    issue = lambda a, org, cid, prog="shared", n=10: tx(a, "loyalty.issue", org, customer_id=cid,  # noqa: E731
+                                                      program=prog, amount=n)
+    assert chain.commit([issue(A1, "org1", "c1"), issue(A2, "org2", "c2"), issue(A2, "org2", "c1"),
+                         issue(A1, "org1", "c1", "solo")]) == ["valid", "valid", "forbidden", "forbidden"]
+    grant = lambda purpose: tx(CK, "consent.grant", "", customer_id="c1", grantee_org="org2",  # noqa: E731
+                               scope=["*"], purpose=purpose, expires_ts=None)
+    chain.commit([grant("dpv:DirectMarketing")])
+    assert chain.commit([issue(A2, "org2", "c1")]) == ["forbidden"]     # consented, but not for benefits
+    chain.commit([grant("dpv:PersonalisedBenefits")])
+    assert chain.commit([issue(A2, "org2", "c1", n=5)]) == ["valid"]
+    redeem = lambda n, at: tx(CK, "loyalty.redeem", "", customer_id="c1", program="shared", amount=n,  # noqa
+                              at_org=at)
+    assert chain.commit([redeem(3, "org2"), redeem(3, "org3"), redeem(13, "org1"), redeem(12, "org1")]) == \
+        ["valid", "forbidden", "insufficient_balance", "valid"]
+    assert chain.store.get(k_loyalty("c1", "shared"))["balance"] == 0
 
 
 def test_ticket_timeline(chain):
@@ -108,7 +139,7 @@ def test_ticket_timeline(chain):
     assert t["org"] == "org1" and [s["status"] for s in t["timeline"]] == ["open", "in_progress", "closed"]
     # with consent, another org may open a ticket for the customer
     chain.commit([tx(CK, "consent.grant", "", customer_id="c1", grantee_org="org2", scope=["*"],
-                     purpose="care", expires_ts=None)])
+                     purpose="dpv:CustomerCare", expires_ts=None)])
     assert chain.commit([tx(A2, "ticket.open", "org2", ticket_id="t3", customer_id="c1", channel="web",
                             subject_hash=H)]) == ["valid"]
 
@@ -131,7 +162,7 @@ def test_duplicates_and_staleness(chain):
 
 def test_history_lists_everything_touching_a_customer(chain):
     chain.store.index.merge_at = 3   # exercise both the merged tables and the recent part
-    chain.commit([register()])
+    chain.commit([register(), program("m")])
     chain.commit([tx(A1, "loyalty.issue", "org1", customer_id="c1", program="m", amount=3),
                   register(cid="other", ck=None)])
     chain.commit([tx(CK, "ticket.open", "", ticket_id="t1", customer_id="c1", channel="x", subject_hash=H)])
@@ -150,17 +181,17 @@ _ops = st.lists(st.tuples(st.sampled_from(["reg", "upd", "grant", "revoke", "iss
 
 
 def _build(ops):
-    out, prev = [], None
+    out, prev = [program("m")], None
     for op, c, n in ops:
         cid, ck = f"c{c}", key(f"cust{c}")
         t = {
             "reg": lambda: register(cid=cid, ck=ck),
             "upd": lambda: tx(A1, "customer.update", "org1", customer_id=cid, profile_hash="ee" * 32),
             "grant": lambda: tx(ck, "consent.grant", "", customer_id=cid, grantee_org="org2", scope=["*"],
-                                purpose="p", expires_ts=None),
+                                purpose="dpv:CustomerCare", expires_ts=None),
             "revoke": lambda: tx(ck, "consent.revoke", "", customer_id=cid, grantee_org="org2"),
             "issue": lambda: tx(A1, "loyalty.issue", "org1", customer_id=cid, program="m", amount=n),
-            "redeem": lambda: tx(ck, "loyalty.redeem", "", customer_id=cid, program="m", amount=n),
+            "redeem": lambda: tx(ck, "loyalty.redeem", "", customer_id=cid, program="m", amount=n, at_org="org1"),
             "open": lambda: tx(ck, "ticket.open", "", ticket_id=f"t{c}", customer_id=cid, channel="w",
                                subject_hash=H),
             "close": lambda: tx(A1, "ticket.update", "org1", ticket_id=f"t{c}", status="closed", note_hash=H),

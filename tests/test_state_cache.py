@@ -28,13 +28,13 @@ def test_a_tiny_cache_gives_the_same_ledger_as_a_large_one(tmp_path):
     stores = [LedgerStore(connect(tmp_path / f"{n}.db"), GENESIS, cache_keys=n) for n in (2, 10_000)]
     chains = [Chain(s) for s in stores]
     blocks = [[tx(a1, "customer.register", "org1", customer_id="c", customer_key=cust.public_hex,
-                  profile_hash="ab" * 32)]]
+                  profile_hash="ab" * 32), tx(a1, "loyalty.program", "org1", program="p", partners=[])]]
     for b in range(12):   # the same keys changed again and again, some deleted and written anew
         blocks.append([tx(a1, "loyalty.issue", "org1", customer_id="c", program="p", amount=10),
-                       tx(cust, "loyalty.redeem", "", customer_id="c", program="p", amount=3),
+                       tx(cust, "loyalty.redeem", "", customer_id="c", program="p", amount=3, at_org="org1"),
                        tx(a1, "customer.update", "org1", customer_id="c", profile_hash=f"{b:02x}" * 32),
                        tx(cust, "consent.grant" if b % 2 == 0 else "consent.revoke", "", customer_id="c",
-                          grantee_org="org2", **({"scope": ["email"], "purpose": "support", "expires_ts": None}
+                          grantee_org="org2", **({"scope": ["email"], "purpose": "dpv:CustomerCare", "expires_ts": None}
                                                  if b % 2 == 0 else {}))])
     for txs in blocks:
         codes = [ch.commit(txs) for ch in chains]

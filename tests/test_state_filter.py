@@ -20,6 +20,8 @@ def _blocks(rng, n_blocks):
     for b in range(n_blocks):
         new = [f"c{b}-{i}" for i in range(rng.randrange(2, 7))]
         txs = registrations(new)
+        if b == 0:
+            txs.append(tx(a1, "loyalty.program", "org1", program="p", partners=[]))
         known += new
         for cid in rng.sample(known, min(4, len(known))):
             kind = rng.randrange(4)

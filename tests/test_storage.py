@@ -14,7 +14,7 @@ from crmledger.consensus import (
     CompactedError, ConfState, Entry, HardState, MemoryStorage, SnapshotOutOfDate, UnavailableError,
     bootstrap_snapshot,
 )
-from crmledger.ledger.tx import profile_hash
+from crmledger.ledger.tx import private_hash
 from crmledger.storage.datadir import open_data_dir
 from crmledger.storage.private_store import PrivateStore
 from crmledger.storage.raft_store import SqliteRaftStorage, write_conf_state
@@ -101,7 +101,7 @@ def test_private_store_erasure_leaves_no_bytes_behind(tmp_path):
     ps = PrivateStore(tmp_path / "private.db")
     profile = {"name": "Zoë Quintessential-Marker", "email": "zoe.marker@example.org"}
     salt = os.urandom(16)
-    h = profile_hash(salt, profile)
+    h = private_hash(salt, profile)
     assert ps.put("c1", h, salt, profile)
     ps.put("c2", "ef" * 32, os.urandom(16), {"name": "Someone Else"})
     assert ps.get("c1", h) == (salt, profile)

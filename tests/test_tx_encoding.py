@@ -149,8 +149,8 @@ def test_pem_round_trip():
 
 
 def test_profile_hash_as_spec_says():
-    from crmledger.ledger.tx import profile_hash
+    from crmledger.ledger.tx import private_hash
     salt = bytes.fromhex("00112233445566778899aabbccddeeff")
     profile = {"phone": "+1 555", "email": "a@b.c", "name": "Ada"}
     packed = msgpack.packb({"email": "a@b.c", "name": "Ada", "phone": "+1 555"}, use_bin_type=True)
-    assert profile_hash(salt, profile) == hashlib.sha256(salt + packed).hexdigest()
+    assert private_hash(salt, profile) == hashlib.sha256(salt + packed).hexdigest()

@@ -25,11 +25,11 @@ def honest(tmp_path_factory):
     ch = Chain(d.ledger)
     a1, ck = key("org1-admin"), key("cust")
     ch.commit([tx(a1, "customer.register", "org1", customer_id="c", customer_key=ck.public_hex,
-                  profile_hash="ab" * 32)])
+                  profile_hash="ab" * 32), tx(a1, "loyalty.program", "org1", program="p", partners=[])])
     for b in range(12):
         ch.commit(registrations(f"c{b}-{i}" for i in range(10))
                   + [tx(a1, "loyalty.issue", "org1", customer_id="c", program="p", amount=5),
-                     tx(ck, "loyalty.redeem", "", customer_id="c", program="p", amount=7)])
+                     tx(ck, "loyalty.redeem", "", customer_id="c", program="p", amount=7, at_org="org1")])
     d.close()
     return path
 

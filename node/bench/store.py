@@ -68,6 +68,8 @@ def _gen_block(b: int, size: int) -> list[bytes]:
             "customer_id": cid, "customer_key": ck.public_hex if ck else None,
             "profile_hash": hashlib.sha256(cid.encode()).hexdigest()}))
     for j in range(size - half):
+        if b == 0 and j == 0:
+            out.append(sign_tx(admin, "loyalty.program", "org1", "program", ts, {"program": "miles", "partners": []}))
         if b == 0:
             cid = f"c0-{j % half}"
             out.append(sign_tx(admin, "loyalty.issue", "org1", f"l{b}-{j}", ts,
@@ -91,11 +93,11 @@ def _gen_block(b: int, size: int) -> list[bytes]:
             ck = _key(cid)
             if kind == 8:
                 out.append(sign_tx(ck, "consent.grant", "", f"g{b}-{j}", ts, {
-                    "customer_id": cid, "grantee_org": "org2", "scope": ["email"], "purpose": "support",
+                    "customer_id": cid, "grantee_org": "org2", "scope": ["email"], "purpose": "dpv:CustomerCare",
                     "expires_ts": None}))
             else:
                 out.append(sign_tx(ck, "loyalty.redeem", "", f"x{b}-{j}", ts,
-                                   {"customer_id": cid, "program": "miles", "amount": 1}))
+                                   {"customer_id": cid, "program": "miles", "amount": 1, "at_org": "org1"}))
             continue
         out.append(sign_tx(admin, body[0], body[1], f"o{b}-{j}", ts, body[2]))
     from crmledger.ledger.tx import parse_envelope

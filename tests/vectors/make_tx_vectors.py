@@ -18,7 +18,7 @@ BODIES = [
                                       "profile_hash": "00" * 32}},
     {"type": "consent.grant", "signer": KEY.public_hex, "org": "", "nonce": "n-\u00e9\u4e2d",
      "ts": 1760000000001, "payload": {"customer_id": "cust-001", "grantee_org": "org2",
-                                      "scope": ["email", "phone"], "purpose": "support",
+                                      "scope": ["email", "phone"], "purpose": "dpv:CustomerCare",
                                       "expires_ts": 1790000000000}},
     {"type": "loyalty.issue", "signer": KEY.public_hex, "org": "org1", "nonce": "x" * 64,
      "ts": 0, "payload": {"customer_id": "c", "program": "miles", "amount": 9223372036854775807}},
