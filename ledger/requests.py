@@ -28,7 +28,7 @@ def sign_request(key: SigningKey, method: str, path: str, ts: int) -> dict[str, 
 def request_ok(signer: str, method: str, path: str, ts: int, sig_hex: str) -> bool:
     try:
         sig = bytes.fromhex(sig_hex)
-    except ValueError:
+    except (ValueError, TypeError):
         return False
     return len(sig) == 64 and verify(signer, sig, request_bytes(method, path, ts))
 

@@ -143,6 +143,11 @@ PAYLOADS: dict[str, dict[str, Check]] = {
     "privacy.purged": {"customer_id": _ident, "cause": _hex64, "kind": _one_of("profile", "ticket", "review")},
 }
 TX_TYPES = frozenset(PAYLOADS)
+# the types whose private part travels beside the envelope (SPEC §3): type -> (kind of
+# private data, the payload field holding its salted hash)
+HASHED = {"customer.register": ("profile", "profile_hash"), "customer.update": ("profile", "profile_hash"),
+          "ticket.open": ("ticket", "subject_hash"), "ticket.update": ("ticket", "note_hash"),
+          "review.post": ("review", "text_hash")}
 
 _BODY: dict[str, Check] = {
     "type": _one_of(*sorted(PAYLOADS)),

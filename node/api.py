@@ -123,7 +123,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def make_app(node: Node) -> web.Application:
-    from crmledger.node import api_reads, api_tx
+    from crmledger.node import api_private, api_reads, api_tx
     app = web.Application(client_max_size=MAX_BODY, middlewares=[guard_requests, json_errors])
     app[NODE] = node
     app[GUARD] = ConnectionGuard(node.cfg.limits)
@@ -134,9 +134,14 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/tx/{tx_id}", api_tx.tx_status)
     app.router.add_get("/v1/blocks/{height}", api_reads.block)
     app.router.add_get("/v1/status", api_reads.status)
-    app.router.add_get("/v1/customers/{customer_id}", api_reads.customer)
+    app.router.add_get("/v1/customers/{customer_id}", api_private.customer)
     app.router.add_get("/v1/customers/{customer_id}/history", api_reads.history)
-    app.router.add_get("/v1/tickets/{ticket_id}", api_reads.ticket)
+    app.router.add_get("/v1/customers/{customer_id}/access", api_private.access)
+    app.router.add_get("/v1/customers/{customer_id}/consents", api_private.consents)
+    app.router.add_get("/v1/customers/{customer_id}/consents/{grantee_org}/receipt", api_private.receipt)
+    app.router.add_get("/v1/customers/{customer_id}/export", api_private.export)
+    app.router.add_get("/v1/tickets/{ticket_id}", api_private.ticket)
+    app.router.add_get("/v1/orgs/{org}/reviews", api_private.reviews)
     app.router.add_get("/v1/loyalty/{customer_id}", api_reads.loyalty)
     app.router.add_get("/v1/events", api_reads.events)
     app.router.add_get("/metrics", metrics)

@@ -64,24 +64,6 @@ async def block(request: web.Request) -> web.Response:
 
 
 # -- the world state ----------------------------------------------------------------------------
-async def customer(request: web.Request) -> web.Response:
-    led = request.app[NODE].dd.ledger
-    cid = path_id(request, "customer_id")
-    rec = led.customer(cid)
-    if rec is None:
-        raise ApiError(404, "not_found", "no such customer")
-    return web.json_response({"customer_id": cid, "owner": rec["owner"], "profile_hash": rec["profile_hash"],
-                              "customer_key": rec["key"], "erased": rec["erased"], "consents": led.consents(cid)})
-
-
-async def ticket(request: web.Request) -> web.Response:
-    tid = path_id(request, "ticket_id")
-    t = request.app[NODE].dd.ledger.ticket(tid)
-    if t is None:
-        raise ApiError(404, "not_found", "no such ticket")
-    return web.json_response({"ticket_id": tid, **t})
-
-
 async def loyalty(request: web.Request) -> web.Response:
     cid = path_id(request, "customer_id")
     return web.json_response({"customer_id": cid, "balances": request.app[NODE].dd.ledger.balances(cid)})
@@ -136,8 +118,10 @@ def _replay(store: LedgerStore, lo: int, hi: int) -> list[bytes]:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """One 'block' event per committed block, from `from_height` when given; the stream
-    ends when the node stops (the app's shutdown hook ends every stream)."""
+    """One `block` event per committed block, from `from_height` when given; live, also a
+    `ticket` event per escalation and an `erasure` event per erased customer (naming the
+    orgs that read the customer's data). The stream ends when the node stops (the app's
+    shutdown hook ends every stream)."""
     node = request.app[NODE]
     start = request.query.get("from_height")
     if start is not None and not UINT.match(start):
@@ -170,9 +154,10 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if ev is None:   # the node is stopping
                 break
-            if ev["height"] <= sent:
+            name, data = ev
+            if name == "block" and data["height"] <= sent:
                 continue
-            await resp.write(f"event: block\ndata: {json.dumps(ev)}\n\n".encode())
+            await resp.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
     except ConnectionResetError:
         pass
     finally:

@@ -13,20 +13,33 @@ from crmledger.ledger.tx import Tx, TxError, admit
 from crmledger.node.admission import Refused
 from crmledger.node.api import NODE, ApiError, bad_query, decode_body, raw_body
 from crmledger.node.mempool import MempoolFull
+from crmledger.node.private import Part, PrivateError, check_private
 from crmledger.node.runtime import Admitted, Node
 
 MAX_BATCH = 5000
 ADMIT_CHUNK = 256   # envelopes of a batch admitted between two yields to the loop
 
 
-def _parse(obj) -> Tx | TxError:
+Parsed = tuple[Tx | TxError, Part | None]
+
+
+def _parse(obj) -> Parsed:
+    """An envelope, with the private part sent beside it (SPEC §3) checked against its
+    hash: a part that does not match refuses the whole submission."""
+    has_private = type(obj) is dict and "private" in obj
+    if has_private:
+        obj = dict(obj)
+        private = obj.pop("private")
     try:
-        return admit(obj)
+        tx = admit(obj)
+        return tx, check_private(tx, private) if has_private else None
     except TxError as e:
-        return e
+        return e, None
+    except PrivateError as e:
+        return TxError("bad_private", str(e)), None
 
 
-def _parse_batch(raw: bytes, ctype: str) -> list[Tx | TxError]:
+def _parse_batch(raw: bytes, ctype: str) -> list[Parsed]:
     """A batch's body decoded and each envelope checked (in a checker thread)."""
     obj = decode_body(raw, ctype)
     if type(obj) is not list or len(obj) > MAX_BATCH:
@@ -34,8 +47,10 @@ def _parse_batch(raw: bytes, ctype: str) -> list[Tx | TxError]:
     return [_parse(env) for env in obj]
 
 
-def _answer(node: Node, parsed: Tx | TxError, client: str | None, committed: bool | None = None) -> ApiError | dict:
-    """What a submission of `parsed` gets: an ApiError, or the body of a 202."""
+def _answer(node: Node, parsed: Tx | TxError, client: str | None, committed: bool | None = None,
+            part: Part | None = None) -> ApiError | dict:
+    """What a submission of `parsed` gets: an ApiError, or the body of a 202. An
+    admitted transaction's private part goes to the nodes that may hold it."""
     if isinstance(parsed, TxError):
         node.rejected(parsed.code)
         return ApiError(400, parsed.code, parsed.detail)
@@ -48,6 +63,8 @@ def _answer(node: Node, parsed: Tx | TxError, client: str | None, committed: boo
         return ApiError(503, "overloaded", "the mempool is full", 1, known)
     if state == Admitted.COMMITTED:
         return ApiError(409, "already_committed", "this transaction is committed", extra=known)
+    if part is not None:
+        node.private.deliver(parsed, part)
     return {"tx_id": parsed.tx_id, "status": "pending"}
 
 
@@ -73,8 +90,8 @@ async def submit(request: web.Request) -> web.Response:
             raise ValueError
     except ValueError:
         raise bad_query("timeout must be a number of seconds in (0, 300]") from None
-    parsed = _parse(obj)
-    out = _answer(node, parsed, request.remote)
+    parsed, part = _parse(obj)
+    out = _answer(node, parsed, request.remote, part=part)
     if isinstance(out, ApiError):
         raise out
     if wait is None:
@@ -103,9 +120,9 @@ async def submit_batch(request: web.Request) -> web.Response:
         if at:
             await asyncio.sleep(0)   # let Raft and other requests in between
         chunk = parsed[at:at + ADMIT_CHUNK]
-        committed = node.dd.ledger.committed_among([p for p in chunk if isinstance(p, Tx)])
-        for p in chunk:
-            a = _answer(node, p, request.remote, isinstance(p, Tx) and p.tx_id in committed)
+        committed = node.dd.ledger.committed_among([p for p, _ in chunk if isinstance(p, Tx)])
+        for p, part in chunk:
+            a = _answer(node, p, request.remote, isinstance(p, Tx) and p.tx_id in committed, part)
             out.append({"status_code": a.status, **a.body()} if isinstance(a, ApiError) else {"status_code": 202, **a})
     return web.json_response(out, status=202)
 

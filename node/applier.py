@@ -8,9 +8,11 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from typing import Callable
 
 from crmledger.consensus import ConfChange, ConfState, Entry, EntryType, RawNode
 from crmledger.ledger.block import Block, BlockError, decode_block
+from crmledger.ledger.rules import BlockOutcome
 from crmledger.ledger.tx import Tx, TxError, decode_tx
 from crmledger.node.mempool import Mempool
 from crmledger.node.metrics import Metrics
@@ -38,7 +40,9 @@ class Applier:
         self.checker = checker
         self.metrics = metrics
         self.waiters: dict[str, list[asyncio.Future]] = {}
-        self.listeners: set[asyncio.Queue] = set()
+        self.listeners: set[asyncio.Queue] = set()   # event streams: (event name, data) items
+        # called with (block, txs, outcome) after each block is applied
+        self.after_block: Callable[[Block, list[Tx], BlockOutcome], None] | None = None
 
     def wait_commit(self, tx_id: str) -> asyncio.Future:
         """A future set to the transaction's TxRecord once it commits."""
@@ -108,8 +112,17 @@ class Applier:
                 if not fut.done():
                     fut.set_result(TxRecord(tx_id, h, pos, r.code))
         self.metrics.apply_seconds.observe(time.monotonic() - t0)
-        event = {"height": h, "hash": block.hash, "txs": len(block.txs), "timestamp": block.header.timestamp}
+        if self.after_block is not None:
+            self.after_block(block, txs, out)
+        self.publish("block", {"height": h, "hash": block.hash, "txs": len(block.txs),
+                               "timestamp": block.header.timestamp})
+        for ev in out.events:
+            if ev["type"] == "ticket":
+                self.publish("ticket", ev)
+        return True
+
+    def publish(self, name: str, data: dict) -> None:
+        """An event to every stream (`data` carries the height it belongs to)."""
         for q in list(self.listeners):
             if q.qsize() < MAX_QUEUED_EVENTS:
-                q.put_nowait(event)
-        return True
+                q.put_nowait((name, data))

@@ -55,12 +55,19 @@ class BlockProposer:
                         pass
 
     def maybe_propose(self) -> None:
-        if not self.leading or not self.mempool.pending():
+        """Cut a block when one is due; also an empty one when a ticket's service level has
+        passed, so that the escalation is on the chain without waiting for traffic."""
+        if not self.leading:
             return
+        pending = self.mempool.pending()
+        if not pending:
+            due = self.ledger.next_deadline()
+            if due is None or due >= time.time() * 1000:
+                return
         st = self.raw.status()
         if st.last_index != self.ledger.applied_index:
             return  # the previous block is not applied yet
-        if self.mempool.pending() < self.cfg.max_txs and self.block_due_in():
+        if pending and pending < self.cfg.max_txs and self.block_due_in():
             return
         txs = self.mempool.take(self.cfg.max_txs, self.cfg.max_bytes)
         led = self.ledger

@@ -31,9 +31,13 @@ from crmledger.node.driver import Inbox, RaftDriver, Stop, TransferTo, Wake
 from crmledger.node.gossip import Gossip
 from crmledger.node.mempool import Mempool, MempoolFull
 from crmledger.node.metrics import Metrics
+from crmledger.node.disclosure import Disclosure
+from crmledger.node.peercalls import CallFailed, PeerCalls
+from crmledger.node.reqauth import ReplayGuard
 from crmledger.node.peers import PeerLinks
+from crmledger.node.private import PrivateData
 from crmledger.node.proposer import BlockProposer
-from crmledger.node.reader import Reader, Workers
+from crmledger.node.reader import Busy, Reader, Workers
 from crmledger.node.wire import WireError, message_from_wire, message_to_wire
 from crmledger.storage.datadir import open_data_dir
 from crmledger.storage.ledger_store import TxRecord
@@ -90,6 +94,15 @@ class Node:
         self.driver = RaftDriver(self.raw, self.dd, cfg.raft, self.inbox, self.proposer, self.applier, self.sync,
                                  self._send, self.metrics)
         self.last_raft_from: dict[str, float] = {}   # peer -> when its last Raft message came
+        self.calls = PeerCalls(self.peers)
+        self.calls.handle("commit_index", self._serve_commit_index)
+        self.private = PrivateData(me, self.genesis, self.key, self.dd.private, self.dd.ledger, self.peers,
+                                   self.calls, self.admit)
+        self.applier.after_block = self._after_block
+        self.replay = ReplayGuard()             # signed requests seen
+        self.disclosure = Disclosure(self)
+        self.private_tasks: set[asyncio.Task] = set()
+        self.current = False   # caught up with the chain as it was when this node started
 
     # -- status ------------------------------------------------------------------------------
     def leader_id(self) -> str | None:
@@ -148,6 +161,66 @@ class Node:
     def tx_record(self, tx_id: str) -> TxRecord | None:
         return self.dd.ledger.tx_record(tx_id)
 
+    async def commit_of(self, tx_id: str, timeout: float) -> TxRecord:
+        """The transaction's record once committed; raises asyncio.TimeoutError."""
+        fut = self.wait_commit(tx_id)
+        return self.tx_record(tx_id) or await asyncio.wait_for(fut, timeout)
+
+    def _after_block(self, block, txs: list[Tx], out) -> None:
+        self.private.committed(txs, [r.code for r in out.results], out.events)
+        for ev in out.events:
+            if ev["type"] == "erasure":
+                t = asyncio.get_running_loop().create_task(self._announce_erasure(ev))
+                self.private_tasks.add(t)
+                t.add_done_callback(self.private_tasks.discard)
+
+    async def _announce_erasure(self, ev: dict) -> None:
+        """An `erasure` event naming the customer and the orgs that read their data."""
+        from crmledger.node.audit import access_log   # runs in a reader process
+        for _ in range(50):
+            try:
+                entries = await self.reader.run(access_log, ev["customer_id"],
+                                                self.dd.ledger.history_candidates(ev["customer_id"]))
+                break
+            except Busy:
+                await asyncio.sleep(0.2)
+        else:
+            entries = []
+        readers = sorted({e["reader_org"] for e in entries if e["code"] == "valid"})
+        self.applier.publish("erasure", {"customer_id": ev["customer_id"], "cause": ev["cause"],
+                                         "height": ev["height"], "orgs_that_read": readers})
+
+    # -- being current ----------------------------------------------------------------------
+    async def _serve_commit_index(self, peer: str, args: dict) -> dict:
+        st = self.raw.status()
+        if not st.is_leader:
+            raise CallFailed("not_leader", "this node is not the leader")
+        return {"commit": st.commit}
+
+    async def ensure_current(self, timeout: float = 5.0) -> None:
+        """Return once this node has applied everything committed when it started (asked
+        of the leader once), so that what it serves reflects every erasure since: raises
+        NodeError when it cannot tell or get there in time."""
+        if self.current:
+            return
+        deadline = time.monotonic() + timeout
+        st = self.raw.status()
+        if st.is_leader:
+            target = st.commit
+        else:
+            leader = self.leader_id()
+            if leader is None:
+                raise NodeError("no leader known yet")
+            try:
+                target = (await self.calls.call(leader, "commit_index", {}, timeout))["commit"]
+            except (CallFailed, KeyError) as e:
+                raise NodeError(f"cannot reach the leader: {e}") from None
+        while self.dd.ledger.applied_index < target:
+            if time.monotonic() > deadline:
+                raise NodeError("still catching up with the chain")
+            await asyncio.sleep(0.02)
+        self.current = True
+
     # -- the peer links ----------------------------------------------------------------------
     def _send(self, m: Message) -> None:
         peer = self.by_raft_id.get(m.to)
@@ -172,6 +245,12 @@ class Node:
             self.sync.serve(peer, body)
         elif kind == "blocks" and type(body) is dict:
             self.sync.answered(body)
+        elif kind == "call":
+            self.calls.on_call(peer, body)
+        elif kind == "reply":
+            self.calls.on_reply(peer, body)
+        elif kind == "private":
+            self.private.received(peer, body)
         else:
             raise WireError(f"a {kind!r} frame with a body of the wrong shape")
 
@@ -191,13 +270,16 @@ class Node:
         runs; on the way out, whatever ends the block: hand leadership over, stop every
         task, close the links and the storage."""
         try:
+            purged = self.private.purge_stale()   # before anything is served
+            if purged:
+                log.info("purged %d kinds of private data the chain says this node may no longer hold", purged)
             await self.reader.warm_up()
             if links:
                 await self.peers.start_server()
             async with asyncio.TaskGroup() as tg:
                 driver = tg.create_task(self.driver.run())
                 helpers = [tg.create_task(c) for c in (self.gossip.run_out(), self.gossip.run_in(),
-                                                       self.watch_loop())]
+                                                       self.watch_loop(), self.private_upkeep())]
                 if links:
                     helpers += [tg.create_task(self.peers.dial_forever(p)) for p in self.peers.peers]
                 try:
@@ -213,6 +295,20 @@ class Node:
             self.applier.end_streams()
             await self.peers.close()
             self.close()
+
+    async def private_upkeep(self, period: float = 3.0) -> None:
+        """Fetch what this node may hold and lacks (once its peers are reachable), and
+        send again any purge receipt not on the chain yet."""
+        fetched = False
+        while True:
+            await asyncio.sleep(period)
+            if not fetched and any(self.peers.connected.values()):
+                n = await self.private.fetch_missing()
+                if n:
+                    log.info("fetched %d items of private data from nodes of this org", n)
+                fetched = True
+            if self.accepting:
+                self.private.send_receipts()
 
     async def hand_over(self, timeout: float = 3.0) -> None:
         """Stop taking submissions; a leader hands leadership to its most caught-up

@@ -14,7 +14,7 @@ from crmledger.consensus import (
 
 VERSION = 1
 MAX_FRAME = 64 << 20
-KINDS = frozenset({"hello", "raft", "txs", "get_blocks", "blocks"})
+KINDS = frozenset({"hello", "raft", "txs", "get_blocks", "blocks", "call", "reply", "private"})
 
 
 class WireError(ValueError):

@@ -16,7 +16,7 @@ import numpy as np
 from crmledger.ledger import stateroot
 from crmledger.ledger.block import BlockHeader
 from crmledger.ledger.rules import CODES
-from crmledger.ledger.statekeys import k_consent, k_customer, k_loyalty, k_ticket
+from crmledger.ledger.statekeys import DEADLINE_PREFIX, deadline_of, k_consent, k_customer, k_loyalty, k_ticket
 from crmledger.ledger.tx import Tx
 
 from .index.tx_index import TxIndex, nonce_key, shorts
@@ -111,6 +111,12 @@ class LedgerReads:
     def balances(self, cid: str) -> dict[str, int]:
         """The customer's loyalty balance in each program."""
         return {k.split(b"\x00", 1)[1].decode(): v["balance"] for k, v in self.scan(k_loyalty(cid, ""))}
+
+    def next_deadline(self) -> int | None:
+        """When the earliest pending ticket deadline falls (Unix ms)."""
+        row = self.conn.execute("SELECT k FROM state WHERE k >= ? AND k < ? ORDER BY k LIMIT 1",
+                                (DEADLINE_PREFIX, DEADLINE_PREFIX[:-1] + b"0")).fetchone()
+        return deadline_of(row[0])[0] if row else None
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, object]]:
         hi = prefix[:-1] + bytes([prefix[-1] + 1])

@@ -16,7 +16,7 @@ from crmledger.consensus import (
 )
 from crmledger.ledger.tx import private_hash
 from crmledger.storage.datadir import open_data_dir
-from crmledger.storage.private_store import PrivateStore
+from crmledger.storage.private_store import Item, PrivateStore
 from crmledger.storage.raft_store import SqliteRaftStorage, write_conf_state
 from crmledger.storage.sqlite import transaction
 from tests.ledger_kit import GENESIS
@@ -102,13 +102,16 @@ def test_private_store_erasure_leaves_no_bytes_behind(tmp_path):
     profile = {"name": "Zoë Quintessential-Marker", "email": "zoe.marker@example.org"}
     salt = os.urandom(16)
     h = private_hash(salt, profile)
-    assert ps.put("c1", h, salt, profile)
-    ps.put("c2", "ef" * 32, os.urandom(16), {"name": "Someone Else"})
-    assert ps.get("c1", h) == (salt, profile)
-    ps.erase("c1")
-    assert ps.get("c1", h) is None and ps.is_erased("c1")
-    assert not ps.put("c1", h, salt, profile)         # an erased customer's data is not taken again
-    assert ps.get("c2", "ef" * 32) is not None
+    item = Item("profile", h, "c1", "c1", salt, profile)
+    assert ps.put(item)
+    ps.put(Item("ticket", "aa" * 32, "c1", "t1", os.urandom(16), "Quintessential complaint"))
+    ps.put(Item("profile", "ef" * 32, "c2", "c2", os.urandom(16), {"name": "Someone Else"}))
+    assert ps.get(h) == item
+    assert ps.purge([], erase="c1", cause="cd" * 32) == {"profile", "ticket"}
+    assert ps.get(h) is None and ps.is_erased("c1")
+    assert sorted(ps.receipts_due()) == [("cd" * 32, "profile", "c1"), ("cd" * 32, "ticket", "c1")]
+    assert not ps.put(item)         # an erased customer's data is not taken again
+    assert ps.get("ef" * 32) is not None
     ps.close()
     for f in tmp_path.iterdir():
         data = f.read_bytes()

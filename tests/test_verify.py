@@ -49,7 +49,7 @@ def _sql(path, q, *args):
 
 def test_honest_chain_verifies(honest):
     rep = verify(honest, workers=2)
-    assert rep.ok and rep.blocks == 13 and rep.txs == 1 + 12 * 12
+    assert rep.ok and rep.blocks == 13 and rep.txs == 2 + 12 * 12
 
 
 def test_cli_exit_codes(honest, tmp_path):

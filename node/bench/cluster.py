@@ -112,8 +112,70 @@ async def _drive(urls: list[str], items: list[bytes], concurrency: int, path: st
         return time.monotonic() - t0, latencies
 
 
+async def _drive_reads(url: str, requests: list[tuple[str, dict]], concurrency: int) -> tuple[float, list[float]]:
+    """GET each (path, headers) with `concurrency` workers; (seconds, latencies)."""
+    latencies: list[float] = []
+    it = iter(requests)
+    deadline = time.monotonic() + T_PHASE
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency * 2),
+                                     timeout=aiohttp.ClientTimeout(total=30)) as s:
+        async def worker() -> None:
+            for path, headers in it:
+                if time.monotonic() > deadline:
+                    return
+                t = time.monotonic()
+                async with s.get(url + path, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url}{path}: HTTP {r.status}")
+                latencies.append(time.monotonic() - t)
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.monotonic() - t0, latencies
+
+
+def _bench_reads(c: LocalCluster, runs: int, scale: float, prog: Progress) -> dict:
+    """Profile reads by another org through one node at c=16, each filed on the chain as
+    an access.read entry and answered once it commits, next to public reads of the same
+    record: the price of the audit."""
+    from crmledger.ledger.keys import SigningKey
+    from crmledger.ledger.requests import sign_request
+    from crmledger.ledger.tx import private_hash, sign_tx
+    org1 = SigningKey.from_pem((c.dir / "keys" / "org1.pem").read_bytes())
+    org3 = SigningKey.from_pem((c.dir / "keys" / "org3.pem").read_bytes())
+    ck, salt, now = SigningKey.generate(), os.urandom(16), int(time.time() * 1000)
+    profile = {"name": "Bench Customer", "email": "bench@example.org"}
+    reg = sign_tx(org1, "customer.register", "org1", f"bench-reg-{now}", now, {
+        "customer_id": "bench-reader", "customer_key": ck.public_hex, "profile_hash": private_hash(salt, profile)})
+    grant = sign_tx(ck, "consent.grant", "", f"bench-grant-{now}", now, {
+        "customer_id": "bench-reader", "grantee_org": "org3", "scope": ["email"], "purpose": "dpv:CustomerCare",
+        "expires_ts": None})
+    for env in ({**reg, "private": {"salt": salt.hex(), "profile": profile}}, grant):
+        status, out = c.post(1, "/v1/tx?wait=commit", env)
+        if status != 200 or not out.get("valid"):
+            raise RuntimeError(f"setting up the read benchmark: {status} {out}")
+    path = "/v1/customers/bench-reader?purpose=dpv:CustomerCare&fields=email"
+    out = {}
+    for name, n in (("audited", int(800 * scale)), ("public", int(4000 * scale))):
+        rates, p50s, p99s = [], [], []
+        for r in range(runs):
+            if name == "audited":
+                t = int(time.time() * 1000)
+                reqs = [(path, sign_request(org3, "GET", path, t + i)) for i in range(n)]
+            else:
+                reqs = [("/v1/customers/bench-reader", {})] * n
+            secs, lat = asyncio.run(_drive_reads(c.url(3), reqs, 16))
+            rates.append(len(lat) / secs)
+            p50s.append(_pct(lat, 0.5))
+            p99s.append(_pct(lat, 0.99))
+            prog.step(f"{name} reads run {r + 1}")
+        out[name] = {"tx_s": statistics.median(rates), "p50": statistics.median(p50s), "p99": statistics.median(p99s)}
+    return out
+
+
 # -- our cluster ---------------------------------------------------------------------------
-def _bench_ledger(work: Path, shape: list[tuple[str, int, int]], runs: int, batch: int, prog: Progress) -> dict:
+def _bench_ledger(work: Path, shape: list[tuple[str, int, int]], runs: int, batch: int, prog: Progress,
+                  scale: float = 1.0) -> dict:
     c = LocalCluster(work / "cluster", 3)
     try:
         c.start_all()
@@ -140,6 +202,7 @@ def _bench_ledger(work: Path, shape: list[tuple[str, int, int]], runs: int, batc
                 prog.step(f"crmledger {mode} c={conc} run {r + 1}")
             results[(mode, conc)] = {"tx_s": statistics.median(rates), "p50": statistics.median(p50s),
                                      "p99": statistics.median(p99s)}
+        results["reads"] = _bench_reads(c, runs, scale, prog)
         return results
     finally:
         c.stop_all()
@@ -202,10 +265,10 @@ def _bench_etcd(work: Path, shape: list[tuple[str, int, int]], runs: int, prog: 
 def run(reference: str | None = None, runs: int = 3, scale: float = 1.0, batch: int = 100, out=sys.stdout) -> dict:
     shape = [("single", 1, int(200 * scale)), ("single", 16, int(2000 * scale)), ("single", 64, int(3000 * scale)),
              ("batch", 1, int(3000 * scale)), ("batch", 16, int(12000 * scale)), ("batch", 64, int(20000 * scale))]
-    total = len(shape) * runs + (3 * runs if reference == "etcd" else 0)
+    total = (len(shape) + 2) * runs + (3 * runs if reference == "etcd" else 0)
     prog = Progress(total)
     with tempfile.TemporaryDirectory(prefix="crmledger-bench-") as tmp:
-        ours = _bench_ledger(Path(tmp), shape, runs, batch, prog)
+        ours = _bench_ledger(Path(tmp), shape, runs, batch, prog, scale)
         ref = _bench_etcd(Path(tmp), shape, runs, prog) if reference == "etcd" else {}
     prog.close()
     print(f"3 local nodes, {os.cpu_count()} cores; median of {runs} runs; latency = until committed", file=out)
@@ -225,5 +288,12 @@ def run(reference: str | None = None, runs: int = 3, scale: float = 1.0, batch: 
         print(f"single submissions at c=64: {single64['tx_s'] / e['tx_s']:.2f}x etcd's puts/s (target >= 1.0), "
               f"p99 {single64['p99'] * 1000:.0f} ms vs {e['p99'] * 1000:.0f} ms (target <=)", file=out)
     print(f"batches: best {batch_best:,.0f} committed tx/s (target >= 4,000)", file=out)
-    return {"ours": {f"{m}-{c}": v for (m, c), v in ours.items()},
+    reads = ours.pop("reads")
+    for name, label in (("audited", "audited profile reads"), ("public", "public record reads")):
+        r = reads[name]
+        print(f"{label:<22} c=16 through one node: {r['tx_s']:>8,.0f}/s  p50 {r['p50'] * 1000:.1f} ms  "
+              f"p99 {r['p99'] * 1000:.1f} ms", file=out)
+    print(f"the audit costs {reads['public']['tx_s'] / reads['audited']['tx_s']:.1f}x in reads/s: each audited read "
+          "waits for its access.read entry to commit", file=out)
+    return {"ours": {f"{m}-{c}": v for (m, c), v in ours.items()}, "reads": reads,
             "etcd": {f"{m}-{c}": v for (m, c), v in ref.items()}}

@@ -62,9 +62,10 @@ def wait_for(cond, timeout: float = 20.0, what: str = "condition", poll: float =
 
 
 class LocalCluster:
-    def __init__(self, folder: Path, n: int = 3, tables: dict | None = None) -> None:
+    def __init__(self, folder: Path, n: int = 3, tables: dict | None = None,
+                 service_levels: dict[str, int] | None = None) -> None:
         self.base = free_ports([i for i in range(1, n + 1)] + [100 + i for i in range(1, n + 1)])
-        self.dir = init_cluster(folder, n, base_port=self.base, tables=tables)
+        self.dir = init_cluster(folder, n, base_port=self.base, tables=tables, service_levels=service_levels)
         self.n = n
         self.procs: dict[int, subprocess.Popen] = {}
 
@@ -105,8 +106,13 @@ class LocalCluster:
         return json.loads(self.get_text(i, path))
 
     def post(self, i: int, path: str, body) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url(i, path), data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        return self.request(i, "POST", path, body)
+
+    def request(self, i: int, method: str, path: str, body=None, headers: dict | None = None) -> tuple[int, dict]:
+        """(status, decoded JSON answer) of a request to node i."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url(i, path), data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read())

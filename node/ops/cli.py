@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     sb.add_argument("--no-wait", action="store_true", help="do not wait for the commit")
     sb.add_argument("--print", action="store_true", dest="print_only",
                     help="print the signed envelope (JSON) instead of sending it")
+    sb.add_argument("--private", default=None,
+                    help="personal data sent beside the envelope: a profile as a JSON map (customer.register, "
+                         "customer.update) or a text (tickets, reviews); its salted hash goes into the payload")
+    rd = sub.add_parser("read", help="a GET signed with a key file (an org's or a customer's)")
+    rd.add_argument("--node", default="127.0.0.1:8001", help="host:port of a node's HTTP API")
+    rd.add_argument("--key", required=True, help="PEM key file of the reader")
+    rd.add_argument("path", help="the path with its query, e.g. '/v1/customers/alice?purpose=dpv:CustomerCare'")
     v = sub.add_parser("verify", help="audit a node's chain offline (SPEC §6)")
     v.add_argument("--data-dir", required=True, help="the node's data directory")
     v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
@@ -68,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--runs must be positive")
         run_store(a.transactions, a.block, workdir=a.workdir, runs=a.runs)
         return 0
-    if a.cmd in ("status", "keygen", "submit"):
+    if a.cmd in ("status", "keygen", "submit", "read"):
         from . import client_cmds as client
         if a.cmd == "status":
             return client.print_status(a.cluster_dir)
         if a.cmd == "keygen":
             return client.keygen(a.out)
-        return client.submit(a.node, a.key, a.type_, a.org, a.payload, not a.no_wait, a.print_only)
+        if a.cmd == "read":
+            return client.read(a.node, a.key, a.path)
+        return client.submit(a.node, a.key, a.type_, a.org, a.payload, not a.no_wait, a.print_only, a.private)
     if a.cmd == "node":
         from crmledger.node.main import run as run_node
         return run_node(a.config)

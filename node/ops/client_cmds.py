@@ -1,5 +1,6 @@
-"""Client commands: `crmledger status` (a table of the cluster's nodes), `crmledger keygen`
-and `crmledger submit` (sign a transaction with a key file and send it)."""
+"""Client commands: `crmledger status` (a table of the cluster's nodes), `crmledger keygen`,
+`crmledger submit` (sign a transaction with a key file and send it, with its private
+part) and `crmledger read` (a signed GET)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ import urllib.request
 from pathlib import Path
 
 from crmledger.ledger.keys import SigningKey
-from crmledger.ledger.tx import TX_TYPES, sign_tx
+from crmledger.ledger.requests import sign_request
+from crmledger.ledger.tx import HASHED, TX_TYPES, private_hash, sign_tx
 from crmledger.storage.datadir import genesis_of
 
 
@@ -63,17 +65,32 @@ def keygen(out: str) -> int:
     return 0
 
 
-def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: bool, print_only: bool = False) -> int:
+def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: bool, print_only: bool = False,
+           private: str | None = None) -> int:
+    """Sign and send a transaction; with `private` (a profile as a JSON map, or a text),
+    a fresh salt is drawn, the payload's hash field filled in, and the private part sent
+    beside the envelope."""
     try:
         key = SigningKey.from_pem(Path(key_file).read_bytes())
         body = json.loads(payload)
+        value = None if private is None else (json.loads(private) if type_.startswith("customer.") else private)
     except (OSError, ValueError) as e:
         print(f"submit: {e}", file=sys.stderr)
         return 2
     if type_ not in TX_TYPES:
         print(f"submit: type must be one of {', '.join(sorted(TX_TYPES))}", file=sys.stderr)
         return 2
+    part = None
+    if value is not None:
+        if type_ not in HASHED or type(body) is not dict:
+            print(f"submit: a {type_} transaction carries no private part", file=sys.stderr)
+            return 2
+        salt = secrets.token_bytes(16)
+        body[HASHED[type_][1]] = private_hash(salt, value)
+        part = {"salt": salt.hex(), "profile" if HASHED[type_][0] == "profile" else "text": value}
     env = sign_tx(key, type_, org, secrets.token_hex(8), int(time.time() * 1000), body)
+    if part is not None:
+        env["private"] = part
     if print_only:
         print(json.dumps(env))
         return 0
@@ -88,4 +105,28 @@ def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: b
         return 1
     except OSError as e:
         print(f"submit: cannot reach {node}: {e}", file=sys.stderr)
+        return 2
+
+
+def read(node: str, key_file: str, path: str) -> int:
+    """A GET signed with a key file (SPEC §4), its answer printed."""
+    try:
+        key = SigningKey.from_pem(Path(key_file).read_bytes())
+    except (OSError, ValueError) as e:
+        print(f"read: {e}", file=sys.stderr)
+        return 2
+    if not path.startswith("/"):
+        print("read: the path starts with /, e.g. /v1/customers/alice/export", file=sys.stderr)
+        return 2
+    headers = sign_request(key, "GET", path, int(time.time() * 1000))
+    req = urllib.request.Request(f"http://{node}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            print(r.read().decode())
+            return 0
+    except urllib.error.HTTPError as e:
+        print(e.read().decode(), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"read: cannot reach {node}: {e}", file=sys.stderr)
         return 2

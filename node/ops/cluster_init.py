@@ -32,7 +32,8 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 def init_cluster(out: str | Path, nodes: int, *, base_port: int = 8000, peer_base_port: int | None = None,
                  host: str = "127.0.0.1", chain_id: str | None = None,
-                 tables: dict[str, dict[str, int]] | None = None) -> Path:
+                 tables: dict[str, dict[str, int]] | None = None,
+                 service_levels: dict[str, int] | None = None) -> Path:
     if not 1 <= nodes <= 64:
         raise ValueError("--nodes must be between 1 and 64")
     peer_base = peer_base_port if peer_base_port is not None else base_port + 100
@@ -42,8 +43,9 @@ def init_cluster(out: str | Path, nodes: int, *, base_port: int = 8000, peer_bas
     template = {
         "chain_id": chain_id or f"crmledger-{secrets.token_hex(4)}",
         "orgs": {f"org{i}": {"contact": {"name": f"Org {i}", "email": f"care@org{i}.example",
-                                         "url": f"https://org{i}.example"},
-                             "service_levels": dict(DEFAULT_SERVICE_LEVELS)} for i in range(1, nodes + 1)},
+                                         "url": f"https://org{i}.example", "phone": f"+1 555 010 {i:04d}",
+                                         "address": f"{i} Consortium Way, Springfield"},
+                             "service_levels": dict(service_levels or DEFAULT_SERVICE_LEVELS)} for i in range(1, nodes + 1)},
         "nodes": {f"node{i}": {"raft_id": i, "org": f"org{i}", "peer_addr": f"{host}:{peer_base + i}",
                                "api_addr": f"{host}:{base_port + i}"} for i in range(1, nodes + 1)}}
     d = _fill(template, out)
