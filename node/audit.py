@@ -36,5 +36,10 @@ def access_log(store: LedgerStore, cid: str, candidates: np.ndarray) -> list[dic
     return [{"reader_org": e["payload"]["reader_org"], "reader": e["payload"]["reader"],
              "fields": e["payload"]["fields"], "purpose": e["payload"]["purpose"],
              "requested_ts": e["payload"]["request"]["ts"], "time": e["timestamp"], "height": e["height"],
-             "code": e["code"], "tx_id": e["tx_id"], "filed_by": e["signer"]}
+             "code": e["code"], "tx_id": e["tx_id"], "filed_by": _node_id(store, e["signer"])}
             for e in entries(store, cid, candidates, frozenset({"access.read"}))]
+
+
+def _node_id(store: LedgerStore, pubkey: str) -> str:
+    n = store.genesis.node_by_key(pubkey)
+    return n.node_id if n is not None else pubkey

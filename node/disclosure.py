@@ -44,7 +44,11 @@ class Disclosure:
     async def profile_for_read(self, rec: TxRecord, owner: str) -> dict:
         """The fields a committed `access.read` entry discloses; raises CallFailed."""
         if owner == self.node.me.org:
-            return self._released(rec)
+            try:
+                return self._released(rec)
+            except CallFailed as e:
+                if e.code != "not_held":
+                    raise   # another node of this org may hold it (if this one missed it)
         got = await self.node.calls.first(self.nodes_of(owner), "profile_for_read", {"tx_id": rec.tx_id})
         if type(got.get("profile")) is not dict:
             raise CallFailed("unreachable", "an owner node answered without a profile")
@@ -101,15 +105,18 @@ class Disclosure:
 
     async def values(self, req: SignedRequest, by_org: dict[str | None, list[str]]) -> dict[str, list]:
         """hash -> [salt hex, value] of what the request's signer may see, from the nodes of
-        the org holding each (None: any node, so this one). Unreachable holders leave their
-        items out."""
+        the org holding each (None: every node, so this one). Unreachable holders leave
+        their items out."""
         out: dict[str, list] = {}
         for org, hashes in by_org.items():
             if not hashes:
                 continue
             if org is None or org == self.node.me.org:
-                out.update(self._local(req.signer, hashes))
-                continue
+                got = self._local(req.signer, hashes)
+                out.update(got)
+                hashes = [h for h in hashes if h not in got]
+                if org is None or not hashes:
+                    continue   # else another node of this org may hold what this one missed
             try:
                 got = await self.node.calls.first(self.nodes_of(org), "private_values",
                                                   {"request": {**req.as_map(), "signer": req.signer},

@@ -17,6 +17,7 @@ from crmledger.node.wire import WireError
 log = logging.getLogger("crmledger.node")
 Handler = Callable[[str, dict], Awaitable[dict]]   # (peer node_id, args) -> answer
 MAX_PENDING = 4096
+FINAL = frozenset({"forbidden", "erased", "unauthorized"})   # refusals every peer would give
 
 
 class CallFailed(Exception):
@@ -59,14 +60,15 @@ class PeerCalls:
         return body
 
     async def first(self, peers: list[str], op: str, args: dict, timeout: float = 5.0) -> dict:
-        """The answer of the first of `peers` that gives one; the last refusal otherwise."""
+        """The answer of the first of `peers` that gives one; a refusal that any peer would
+        give (`forbidden`, `erased`, `unauthorized`) is not asked again of the others."""
         err = CallFailed("unreachable", "no peer to ask")
         for p in peers:
             try:
                 return await self.call(p, op, args, timeout)
             except CallFailed as e:
                 err = e
-                if e.code != "unreachable":
+                if e.code in FINAL:
                     break
         raise err
 

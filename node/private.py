@@ -206,27 +206,29 @@ class PrivateData:
         out += [r["text_hash"] for _, r in self.ledger.scan(b"rv/")]
         return out
 
-    async def fetch_missing(self) -> int:
-        """Ask the other nodes of this org for what this node may hold and lacks."""
+    async def fetch_missing(self) -> int | None:
+        """Ask the other nodes of this org for what this node may hold and lacks: the
+        number of items fetched, None when no other node of the org answered."""
         mates = [nid for nid, n in self.peers.peers.items() if n.org == self.me.org]
         if not mates:
             return 0
         wanted = self.wanted()
-        want = [h for h in wanted if h not in self.store.held(wanted)]
-        if not want:
-            return 0
-        try:
-            got = await self.calls.first(mates, "private_sync", {"hashes": want[:1000]})
-        except CallFailed:
-            return 0
+        held = self.store.held(wanted)
+        want = [h for h in wanted if h not in held]
         n = 0
-        for raw in got.get("items", []):
+        for at in range(0, len(want), 1000):
+            chunk = set(want[at:at + 1000])
             try:
-                item = Item(*raw[:4], bytes.fromhex(raw[4]), raw[5])
-                if item.hash in want and private_hash(item.salt, item.value) == item.hash:
-                    n += self.store.put(item)
-            except (TypeError, ValueError):
-                continue
+                got = await self.calls.first(mates, "private_sync", {"hashes": sorted(chunk)})
+            except CallFailed:
+                return None
+            for raw in got.get("items", []):
+                try:
+                    item = Item(*raw[:4], bytes.fromhex(raw[4]), raw[5])
+                    if item.hash in chunk and private_hash(item.salt, item.value) == item.hash:
+                        n += self.store.put(item)
+                except (TypeError, ValueError):
+                    continue
         return n
 
     async def _serve_sync(self, peer: str, args: dict) -> dict:

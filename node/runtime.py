@@ -306,7 +306,7 @@ class Node:
                 n = await self.private.fetch_missing()
                 if n:
                     log.info("fetched %d items of private data from nodes of this org", n)
-                fetched = True
+                fetched = n is not None
             if self.accepting:
                 self.private.send_receipts()
 

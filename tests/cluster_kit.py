@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class Cluster(LocalCluster):
     def __init__(self, tmp: Path, n: int = 3, tables: dict | None = None, **kw) -> None:
         super().__init__(tmp / "cluster", n, tables, **kw)
-        self.org_keys = {i: SigningKey.from_pem((self.dir / "keys" / f"org{i}.pem").read_bytes())
-                         for i in range(1, n + 1)}
+        self.org_keys = {int(f.stem[3:]): SigningKey.from_pem(f.read_bytes())
+                         for f in (self.dir / "keys").glob("org*.pem")}
 
     def register(self, i: int, cid: str, org: int = 1, wait: bool = True) -> tuple[int, dict]:
         env = sign_tx(self.org_keys[org], "customer.register", f"org{org}", f"{cid}-{time.time_ns()}",

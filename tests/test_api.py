@@ -130,12 +130,15 @@ _junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(["/v1/tx", "/v1/tx/batch", "/v1/tx/{x}", "/v1/blocks/{x}", "/v1/customers/{x}",
-                             "/v1/customers/{x}/history", "/v1/tickets/{x}", "/v1/loyalty/{x}", "/v1/status"]),
+                             "/v1/customers/{x}/history", "/v1/tickets/{x}", "/v1/loyalty/{x}", "/v1/status",
+                             "/v1/customers/{x}/access", "/v1/customers/{x}/consents", "/v1/customers/{x}/export",
+                             "/v1/customers/{x}/consents/{x}/receipt", "/v1/orgs/{x}/reviews"]),
        x=st.text(alphabet="abcdef0123456789-_.%", max_size=70), body=_junk,
        ctype=st.sampled_from(["application/json", "application/msgpack", "text/html"]),
        query=st.sampled_from(["", "?wait=commit&timeout=0.01", "?wait=x", "?timeout=-1", "?full=1",
                               "?order=desc&limit=5&after=1.0", "?limit=%C2%B2", "?after=abc", "?order=up",
-                              "?from_height=%C2%B2"]))
+                              "?from_height=%C2%B2", "?purpose=dpv:CustomerCare&fields=a,,b",
+                              "?purpose=%ED%A0%80", "?fields=*"]))
 def test_no_input_gives_a_500(tmp_path_factory, path, x, body, ctype, query):
     async def run():
         node, key = _node(tmp_path_factory.mktemp("fuzz"))

@@ -268,3 +268,26 @@ def test_a_late_ticket_is_escalated_at_the_same_block_on_every_node(cluster):
     # the customer sees the escalation in the timeline with the texts
     t = c.signed_get(3, "/v1/tickets/t5", ck)[1]
     assert t["timeline"][0]["text"] == "Where is my order?"
+
+
+def test_a_node_that_missed_a_profile_fetches_it_from_its_org_on_return(tmp_path):
+    """Two nodes of org1: one was down when a profile was registered; on its return it
+    fetches the profile from the other, and serves it alone once that one is down."""
+    c = Cluster(tmp_path, node_orgs=[1, 1, 2])
+    try:
+        c.start_all()
+        c.stop(2)
+        c.wait_leader()
+        ck = SigningKey.generate()
+        _register(c, 3, "c7", ck)
+        wait_for(lambda: c.signed_get(1, "/v1/customers/c7", ck)[0] == 200, 10, "node 1 to hold the profile")
+        assert not bytes_in(c.dir / "node2", SECRETS) and not bytes_in(c.dir / "node3", SECRETS)
+        c.start(2)
+        wait_for(lambda: bytes_in(c.dir / "node2", SECRETS[:1]), 30, "node 2 to fetch the profile from node 1")
+        c.stop(1)
+        c.wait_leader()
+        st, out = c.signed_get(2, "/v1/customers/c7", ck)
+        assert st == 200 and out["profile"] == PROFILE
+        assert not bytes_in(c.dir / "node3", SECRETS)
+    finally:
+        c.stop_all()

@@ -63,9 +63,10 @@ def wait_for(cond, timeout: float = 20.0, what: str = "condition", poll: float =
 
 class LocalCluster:
     def __init__(self, folder: Path, n: int = 3, tables: dict | None = None,
-                 service_levels: dict[str, int] | None = None) -> None:
+                 service_levels: dict[str, int] | None = None, node_orgs: list[int] | None = None) -> None:
         self.base = free_ports([i for i in range(1, n + 1)] + [100 + i for i in range(1, n + 1)])
-        self.dir = init_cluster(folder, n, base_port=self.base, tables=tables, service_levels=service_levels)
+        self.dir = init_cluster(folder, n, base_port=self.base, tables=tables, service_levels=service_levels,
+                                node_orgs=node_orgs)
         self.n = n
         self.procs: dict[int, subprocess.Popen] = {}
 

@@ -33,9 +33,13 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 def init_cluster(out: str | Path, nodes: int, *, base_port: int = 8000, peer_base_port: int | None = None,
                  host: str = "127.0.0.1", chain_id: str | None = None,
                  tables: dict[str, dict[str, int]] | None = None,
-                 service_levels: dict[str, int] | None = None) -> Path:
+                 service_levels: dict[str, int] | None = None, node_orgs: list[int] | None = None) -> Path:
+    """`node_orgs` names the org of each node (org K for node K when not given)."""
     if not 1 <= nodes <= 64:
         raise ValueError("--nodes must be between 1 and 64")
+    orgs = node_orgs or list(range(1, nodes + 1))
+    if len(orgs) != nodes or not all(type(o) is int and o > 0 for o in orgs):
+        raise ValueError("node_orgs names a positive org number for each node")
     peer_base = peer_base_port if peer_base_port is not None else base_port + 100
     for port in (base_port + nodes, peer_base + nodes):
         if not 0 < port < 65536:
@@ -45,8 +49,9 @@ def init_cluster(out: str | Path, nodes: int, *, base_port: int = 8000, peer_bas
         "orgs": {f"org{i}": {"contact": {"name": f"Org {i}", "email": f"care@org{i}.example",
                                          "url": f"https://org{i}.example", "phone": f"+1 555 010 {i:04d}",
                                          "address": f"{i} Consortium Way, Springfield"},
-                             "service_levels": dict(service_levels or DEFAULT_SERVICE_LEVELS)} for i in range(1, nodes + 1)},
-        "nodes": {f"node{i}": {"raft_id": i, "org": f"org{i}", "peer_addr": f"{host}:{peer_base + i}",
+                             "service_levels": dict(service_levels or DEFAULT_SERVICE_LEVELS)}
+                 for i in sorted(set(orgs))},
+        "nodes": {f"node{i}": {"raft_id": i, "org": f"org{orgs[i - 1]}", "peer_addr": f"{host}:{peer_base + i}",
                                "api_addr": f"{host}:{base_port + i}"} for i in range(1, nodes + 1)}}
     d = _fill(template, out)
     for i in range(1, nodes + 1):
