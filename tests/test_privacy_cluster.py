@@ -291,3 +291,37 @@ def test_a_node_that_missed_a_profile_fetches_it_from_its_org_on_return(tmp_path
         assert not bytes_in(c.dir / "node3", SECRETS)
     finally:
         c.stop_all()
+
+
+def test_reads_share_blocks_and_loyalty_points_are_shared_by_partners(cluster):
+    c = cluster
+    ck = SigningKey.generate()
+    _register(c, 1, "c3", ck)
+    _grant(c, 2, ck, "c3", "org2", ["email"])
+    # 24 reads at once: 24 entries, in far fewer blocks than reads
+    from concurrent.futures import ThreadPoolExecutor
+    t0 = _now()   # one millisecond apart: the same path signed at the same time is the same request
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda i: c.signed_get(2, _read_path("c3"), c.org_keys[2], t0 + i), range(24)))
+    assert [st for st, _ in answers] == [200] * 24
+    heights = {out["height"] for _, out in answers}
+    assert len({out["access_tx"] for _, out in answers}) == 24 and len(heights) < 12, heights
+    assert len(c.signed_get(1, "/v1/customers/c3/access", ck)[1]["access"]) == 24
+    # a program of org1 with org2 as partner: org2 issues once the customer consents to
+    # personalised benefits; the customer redeems at either
+    org1, org2 = c.org_keys[1], c.org_keys[2]
+    ok = lambda out: out[1].get("code")  # noqa: E731
+    assert ok(c.submit(1, org1, "loyalty.program", "org1", {"program": "miles", "partners": ["org2"]})) == "valid"
+    issue = {"customer_id": "c3", "program": "miles", "amount": 50}
+    assert ok(c.submit(2, org1, "loyalty.issue", "org1", issue)) == "valid"
+    assert ok(c.submit(2, org2, "loyalty.issue", "org2", issue)) == "forbidden"
+    _grant(c, 3, ck, "c3", "org2", ["email"], purpose="dpv:PersonalisedBenefits")
+    assert ok(c.submit(3, org2, "loyalty.issue", "org2", issue)) == "valid"
+    redeem = {"customer_id": "c3", "program": "miles", "amount": 70, "at_org": "org2"}
+    assert ok(c.submit(1, ck, "loyalty.redeem", "", redeem)) == "valid"
+    assert ok(c.submit(1, ck, "loyalty.redeem", "", {**redeem, "amount": 31})) == "insufficient_balance"
+    assert ok(c.submit(1, ck, "loyalty.redeem", "", {**redeem, "at_org": "org3"})) == "forbidden"
+    assert c.get(3, "/v1/loyalty/c3")["balances"] == {"miles": 30}
+    exp = c.signed_get(2, "/v1/customers/c3/export", ck)[1]
+    assert [(m["type"], m["amount"]) for m in exp["loyalty"]["movements"]] == \
+        [("loyalty.issue", 50), ("loyalty.issue", 50), ("loyalty.redeem", 70)]
