@@ -20,8 +20,9 @@ VALID = "valid"
 class LedgerView(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
     def nonce_seen(self, signer: str, nonce: str) -> bool: ...
-    def due(self, ts: int) -> list[bytes]:
-        """The deadline keys (statekeys.k_deadline) strictly before `ts`, in order."""
+    def due(self, ts: int, limit: int) -> list[bytes]:
+        """The first `limit` deadline keys (statekeys.k_deadline) strictly before `ts`, in
+        order."""
 
 
 class TxResult(NamedTuple):

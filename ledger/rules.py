@@ -26,6 +26,7 @@ from .rules_service import (
 from .statekeys import k_cause, k_consent, k_customer, k_identity, k_ticket
 from .tx import Tx
 
+MAX_ESCALATIONS = 1000   # per block; the rest (oldest first) in the blocks after
 CODES = (
     VALID, "duplicate", "stale", "forbidden", "unknown_org", "identity_exists",
     "customer_exists", "unknown_customer", "erased", "bad_expiry", "no_consent",
@@ -147,7 +148,7 @@ def apply_block(genesis: Genesis, view: LedgerView, txs: list[Tx], *, height: in
                 timestamp: int) -> BlockOutcome:
     st = Overlay(view)
     ctx = Ctx(genesis, st, height, timestamp, [])
-    escalate(ctx, view.due(timestamp))
+    escalate(ctx, view.due(timestamp, MAX_ESCALATIONS))
     nonces: set[tuple[str, str]] = set()
     results = []
     for tx in txs:

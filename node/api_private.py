@@ -53,8 +53,8 @@ def _gone(cid: str) -> ApiError:
 
 
 async def _current(node: Node) -> None:
-    """Private data is served only by a node that has applied every erasure committed
-    before it started."""
+    """Private data is served only by a node that has applied everything committed before
+    the read came (every erasure, and the writes its reader made through other nodes)."""
     try:
         await node.ensure_current()
     except NodeError as e:
@@ -78,18 +78,18 @@ async def customer(request: web.Request) -> web.Response:
     node = request.app[NODE]
     cid = path_id(request, "customer_id")
     req = _signed(request)
-    rec = _record(node, cid)
     if req is None:
         if "purpose" in request.query:
             raise ApiError(401, "unauthorized", "a read of profile fields is signed by the reader (SPEC §4)")
-        return web.json_response(_public(node, cid, rec))
+        return web.json_response(_public(node, cid, _record(node, cid)))
     if "purpose" in request.query or "fields" in request.query:
         return web.json_response(await _audited_read(node, req, cid))
+    await _current(node)
+    rec = _record(node, cid)
     if not _is_customer(req, rec):
         raise ApiError(403, "forbidden", "an org reads a profile for a stated purpose (?purpose=...)")
     if rec["erased"]:
         raise _gone(cid)
-    await _current(node)
     vals = await node.disclosure.values(req, {rec["owner"]: [rec["profile_hash"]]})
     if rec["profile_hash"] not in vals:
         raise ApiError(503, "owner_unreachable", "no node of the owner org answered", 1)
@@ -146,6 +146,8 @@ async def access(request: web.Request) -> web.Response:
     node = request.app[NODE]
     cid = path_id(request, "customer_id")
     req = _signed(request)
+    if req is not None:
+        await _current(node)
     _customer_or_owner(node, req, _record(node, cid))
     log = await node.reader.run(access_log, cid, node.dd.ledger.history_candidates(cid))
     return web.json_response({"customer_id": cid, "access": log})
@@ -192,11 +194,12 @@ async def ticket(request: web.Request) -> web.Response:
     node = request.app[NODE]
     tid = path_id(request, "ticket_id")
     req = _signed(request)
+    if req is not None:
+        await _current(node)
     t = node.dd.ledger.ticket(tid)
     if t is None:
         raise ApiError(404, "not_found", "no such ticket")
     if req is not None:
-        await _current(node)
         t = _with_texts(t, await node.disclosure.values(req, {t["org"]: _ticket_hashes(t)}))
     return web.json_response({"ticket_id": tid, **t})
 
@@ -223,10 +226,11 @@ async def export(request: web.Request) -> web.Response:
     node = request.app[NODE]
     cid = path_id(request, "customer_id")
     req = _signed(request)
+    if req is not None:
+        await _current(node)
     rec = _record(node, cid)
     if not _is_customer(req, rec):
         raise ApiError(401 if req is None else 403, "forbidden", "only the customer, with their own key, exports")
-    await _current(node)
     led = node.dd.ledger
     history = await node.reader.run(entries, cid, led.history_candidates(cid))
     valid = [e for e in history if e["code"] == "valid"]

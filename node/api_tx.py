@@ -14,7 +14,7 @@ from crmledger.node.admission import Refused
 from crmledger.node.api import NODE, ApiError, bad_query, decode_body, raw_body
 from crmledger.node.mempool import MempoolFull
 from crmledger.node.private import Part, PrivateError, check_private
-from crmledger.node.runtime import Admitted, Node
+from crmledger.node.runtime import Admitted, Node, NodeError
 
 MAX_BATCH = 5000
 ADMIT_CHUNK = 256   # envelopes of a batch admitted between two yields to the loop
@@ -92,6 +92,14 @@ async def submit(request: web.Request) -> web.Response:
         raise bad_query("timeout must be a number of seconds in (0, 300]") from None
     parsed, part = _parse(obj)
     out = _answer(node, parsed, request.remote, part=part)
+    if isinstance(out, ApiError) and out.code == "unknown_signer":
+        # a customer registered through another node a moment ago may not be applied
+        # here yet: catch up with the leader's commit index, then judge again
+        try:
+            await node.ensure_current()
+        except NodeError:
+            raise out from None
+        out = _answer(node, parsed, request.remote, part=part)
     if isinstance(out, ApiError):
         raise out
     if wait is None:

@@ -157,6 +157,11 @@ class PrivateData:
                    if code != "valid" and tx.type in HASHED]
         if refused:
             self.store.purge(refused)
+        notes = [(tx.payload["note_hash"], t["customer_id"]) for tx, code in zip(txs, codes)
+                 if code == "valid" and tx.type == "ticket.update"
+                 for t in [self.ledger.get(k_ticket(tx.payload["ticket_id"]))] if t is not None]
+        if notes:   # a note taken before its ticket was committed: now its customer is known
+            self.store.assign(notes)
         purged = False
         for ev in events:
             if ev["type"] == "superseded":

@@ -102,7 +102,6 @@ class Node:
         self.replay = ReplayGuard()             # signed requests seen
         self.disclosure = Disclosure(self)
         self.private_tasks: set[asyncio.Task] = set()
-        self.current = False   # caught up with the chain as it was when this node started
 
     # -- status ------------------------------------------------------------------------------
     def leader_id(self) -> str | None:
@@ -197,29 +196,34 @@ class Node:
             raise CallFailed("not_leader", "this node is not the leader")
         return {"commit": st.commit}
 
-    async def ensure_current(self, timeout: float = 5.0) -> None:
-        """Return once this node has applied everything committed when it started (asked
-        of the leader once), so that what it serves reflects every erasure since: raises
-        NodeError when it cannot tell or get there in time."""
-        if self.current:
-            return
-        deadline = time.monotonic() + timeout
-        st = self.raw.status()
-        if st.is_leader:
-            target = st.commit
-        else:
+    async def _leader_commit(self, deadline: float) -> int:
+        """The leader's commit index, waiting out an election until `deadline`."""
+        while True:
+            st = self.raw.status()
+            if st.is_leader:
+                return st.commit
             leader = self.leader_id()
-            if leader is None:
-                raise NodeError("no leader known yet")
-            try:
-                target = (await self.calls.call(leader, "commit_index", {}, timeout))["commit"]
-            except (CallFailed, KeyError) as e:
-                raise NodeError(f"cannot reach the leader: {e}") from None
+            if leader is not None:
+                try:
+                    return (await self.calls.call(leader, "commit_index", {},
+                                                  max(0.1, deadline - time.monotonic())))["commit"]
+                except (CallFailed, KeyError):
+                    pass   # it lost leadership, or the link: ask again
+            if time.monotonic() > deadline:
+                raise NodeError("no leader answered: the cluster may be electing one")
+            await asyncio.sleep(0.02)
+
+    async def ensure_current(self, timeout: float = 5.0) -> None:
+        """Return once this node has applied everything the leader had committed when
+        asked (a read index, as etcd's linearizable reads take one), so that a read of
+        private data reflects every write and erasure acknowledged before it — also on a
+        node that was away: raises NodeError when it cannot tell or get there in time."""
+        deadline = time.monotonic() + timeout
+        target = await self._leader_commit(deadline)
         while self.dd.ledger.applied_index < target:
             if time.monotonic() > deadline:
                 raise NodeError("still catching up with the chain")
-            await asyncio.sleep(0.02)
-        self.current = True
+            await asyncio.sleep(0.005)
 
     # -- the peer links ----------------------------------------------------------------------
     def _send(self, m: Message) -> None:

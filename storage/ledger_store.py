@@ -90,10 +90,10 @@ class _BlockView:
     def nonce_seen(self, signer: str, nonce: str) -> bool:
         return (signer, nonce) in self.sns
 
-    def due(self, ts: int) -> list[bytes]:
+    def due(self, ts: int, limit: int) -> list[bytes]:
         lo, hi = due_before(ts)
-        return [k for (k,) in self.store.conn.execute("SELECT k FROM state WHERE k >= ? AND k < ? ORDER BY k",
-                                                      (lo, hi))]
+        return [k for (k,) in self.store.conn.execute(
+            "SELECT k FROM state WHERE k >= ? AND k < ? ORDER BY k LIMIT ?", (lo, hi, limit))]
 
 
 class LedgerStore(LedgerReads):

@@ -77,6 +77,12 @@ class PrivateStore:
         """(customer_id, hash) of every profile version held."""
         return self.conn.execute("SELECT customer_id, hash FROM private WHERE kind='profile'").fetchall()
 
+    def assign(self, pairs: list[tuple[str, str]]) -> None:
+        """Name the customer of items taken before their ticket was known: (hash, customer)."""
+        with transaction(self.conn) as c:
+            c.executemany("UPDATE private SET customer_id=? WHERE hash=? AND customer_id=''",
+                          [(cid, h) for h, cid in pairs])
+
     def is_erased(self, customer_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM erased WHERE customer_id=?", (customer_id,)).fetchone() is not None
 

@@ -134,3 +134,15 @@ def test_purge_receipts_name_a_real_cause_once_per_node_and_kind(chain):
     assert [(e["type"], e["customer_id"]) for e in out.events] == [("erasure", "c1")]
     assert chain.store.get(k_customer("c1"))["erase_tx"] == erase.tx_id
     assert chain.commit([purged(erase.tx_id), purged(erase.tx_id, N2, "org2")]) == ["valid", "valid"]
+
+
+def test_escalations_are_bounded_per_block_oldest_first(chain, monkeypatch):
+    from crmledger.ledger import rules
+    monkeypatch.setattr(rules, "MAX_ESCALATIONS", 2)
+    chain.commit([register(), open_ticket("t1")], ts=T0)
+    chain.commit([open_ticket("t2"), open_ticket("t3")], ts=T0 + 1)
+    chain.commit([], ts=T0 + FIRST + 10)
+    late = lambda: [t for t in ("t1", "t2", "t3") if chain.store.get(k_ticket(t))["escalated"]]  # noqa: E731
+    assert late() == ["t1", "t2"]
+    chain.commit([], ts=T0 + FIRST + 11)
+    assert late() == ["t1", "t2", "t3"]
