@@ -248,7 +248,11 @@ async def export(request: web.Request) -> web.Response:
     for t in tickets.values():
         by_org.setdefault(t["org"], []).extend(_ticket_hashes(t))
     by_org[None] = [r["text_hash"] for r in reviews_]
-    vals = await node.disclosure.values(req, by_org)
+    missing: set[str] = set()
+    vals = await node.disclosure.values(req, by_org, missing)
+    if missing:
+        raise ApiError(503, "owner_unreachable", f"no node of {', '.join(sorted(missing))} answered: the export "
+                                                 "would be incomplete", 1)
     profile = vals.get(rec["profile_hash"]) if not rec["erased"] else None
     doc = {
         "format": "crmledger-export/v1", "generated_ts": _now_ms(), "customer_id": cid,

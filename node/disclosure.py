@@ -103,10 +103,11 @@ class Disclosure:
                 out[h] = [item.salt.hex(), item.value]
         return out
 
-    async def values(self, req: SignedRequest, by_org: dict[str | None, list[str]]) -> dict[str, list]:
+    async def values(self, req: SignedRequest, by_org: dict[str | None, list[str]],
+                     unreachable: set[str] | None = None) -> dict[str, list]:
         """hash -> [salt hex, value] of what the request's signer may see, from the nodes of
-        the org holding each (None: every node, so this one). Unreachable holders leave
-        their items out."""
+        the org holding each (None: every node, so this one). Orgs none of whose nodes
+        answered leave their items out, and are added to `unreachable`."""
         out: dict[str, list] = {}
         for org, hashes in by_org.items():
             if not hashes:
@@ -122,6 +123,8 @@ class Disclosure:
                                                   {"request": {**req.as_map(), "signer": req.signer},
                                                    "hashes": hashes})
             except CallFailed:
+                if unreachable is not None:
+                    unreachable.add(org)
                 continue
             vals = got.get("values")
             if type(vals) is dict:

@@ -88,19 +88,21 @@ class PrivateData:
 
     # -- who holds what -----------------------------------------------------------------------
     def holder_org(self, tx: Tx) -> str | None:
-        """The org whose nodes hold `tx`'s private part; None: every node."""
+        """The org whose nodes hold `tx`'s private part (None: every node), as the rules
+        will decide it: a review's text is public; a registration's profile is the
+        registering org's; a ticket is the org's that opens it (the owner's, when the
+        customer opens it) and keeps it; an update's profile is the owner's. Orgs send
+        for themselves; a customer (org "") for their owner org."""
         p = tx.payload
         if tx.type == "review.post":
             return None
-        if tx.type in ("customer.register",):
+        if tx.type == "customer.register" or (tx.type == "ticket.open" and tx.org):
             return tx.org
         if tx.type == "ticket.update":
             t = self.ledger.get(k_ticket(p["ticket_id"]))
             if t is not None:
                 return t["org"]
         cust = self.ledger.get(k_customer(p["customer_id"])) if "customer_id" in p else None
-        if tx.type == "ticket.open" and tx.org:
-            return tx.org
         return cust["owner"] if cust is not None else tx.org
 
     def may_hold(self, org: str | None) -> bool:

@@ -53,6 +53,22 @@ def main(argv: list[str] | None = None) -> int:
     rd.add_argument("--node", default="127.0.0.1:8001", help="host:port of a node's HTTP API")
     rd.add_argument("--key", required=True, help="PEM key file of the reader")
     rd.add_argument("path", help="the path with its query, e.g. '/v1/customers/alice?purpose=dpv:CustomerCare'")
+    im = sub.add_parser("import", help="register an existing CRM's customers, with their profiles (CSV or JSON "
+                                       "lines); exactly once however often it runs")
+    src = im.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", help="a CSV file with a header row")
+    src.add_argument("--jsonl", help="a file of JSON objects, one per line")
+    im.add_argument("--org", required=True, help="the org the customers are registered for")
+    im.add_argument("--key", required=True, help="PEM key file of an admin or agent of the org")
+    im.add_argument("--node", action="append", required=True,
+                    help="host:port or URL of a node (repeat for more: a node down is skipped)")
+    im.add_argument("--map", default=None, help='a JSON mapping {"customer_id": COLUMN, "fields": {FIELD: COLUMN}, '
+                                                '"customer_key": COLUMN}')
+    im.add_argument("--id-column", default=None, help="the column holding the customer id")
+    im.add_argument("--field", action="append", default=[], help="FIELD=COLUMN: a profile field and its column")
+    im.add_argument("--batch", type=int, default=500, help="registrations per request")
+    im.add_argument("--rejects", default=None, help="where refused rows go (default: FILE.rejects.csv)")
+    im.add_argument("--quiet", action="store_true", help="no progress bar")
     v = sub.add_parser("verify", help="audit a node's chain offline (SPEC §6)")
     v.add_argument("--data-dir", required=True, help="the node's data directory")
     v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
@@ -84,6 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "read":
             return client.read(a.node, a.key, a.path)
         return client.submit(a.node, a.key, a.type_, a.org, a.payload, not a.no_wait, a.print_only, a.private)
+    if a.cmd == "import":
+        from .crm_import import Mapping, MappingError, run as run_import
+        try:
+            mapping = Mapping.load(a.map, a.id_column, a.field)
+        except MappingError as e:
+            print(f"import: {e}", file=sys.stderr)
+            return 2
+        if not 1 <= a.batch <= 5000:
+            print("import: --batch is 1 to 5000", file=sys.stderr)
+            return 2
+        return run_import(a.csv or a.jsonl, "csv" if a.csv else "jsonl", a.org, a.key, a.node, mapping,
+                          batch=a.batch, reject_file=a.rejects, quiet=a.quiet)
     if a.cmd == "node":
         from crmledger.node.main import run as run_node
         return run_node(a.config)
