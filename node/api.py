@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 
 from aiohttp import web
 
@@ -122,6 +123,23 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
+UI_DIR = Path(__file__).parent / "ui"
+# the pages load only their own scripts and styles; the operator view reads other nodes' status
+_UI_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+              "connect-src 'self' http: https:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+async def _ui_index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(UI_DIR / "index.html")
+
+
+async def _ui_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path == "/ui" or request.path.startswith("/ui/"):
+        response.headers["Content-Security-Policy"] = _UI_POLICY
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+
+
 def make_app(node: Node) -> web.Application:
     from crmledger.node import api_private, api_reads, api_tx
     app = web.Application(client_max_size=MAX_BODY, middlewares=[guard_requests, json_errors])
@@ -142,6 +160,13 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/customers/{customer_id}/export", api_private.export)
     app.router.add_get("/v1/tickets/{ticket_id}", api_private.ticket)
     app.router.add_get("/v1/orgs/{org}/reviews", api_private.reviews)
+    app.router.add_get("/v1/orgs/{org}/tickets", api_private.org_tickets)
+    app.router.add_get("/v1/orgs", api_reads.orgs)
+    app.router.add_get("/v1/nodes", api_reads.nodes)
+    app.router.add_get("/ui", _ui_index)
+    app.router.add_get("/ui/", _ui_index)
+    app.router.add_static("/ui/", UI_DIR)
+    app.on_response_prepare.append(_ui_headers)
     app.router.add_get("/v1/loyalty/{customer_id}", api_reads.loyalty)
     app.router.add_get("/v1/events", api_reads.events)
     app.router.add_get("/metrics", metrics)

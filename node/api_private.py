@@ -204,6 +204,22 @@ async def ticket(request: web.Request) -> web.Response:
     return web.json_response({"ticket_id": tid, **t})
 
 
+MAX_ORG_TICKETS = 500
+
+
+async def org_tickets(request: web.Request) -> web.Response:
+    """An org's tickets for its staff: escalated first, then the newest."""
+    node = request.app[NODE]
+    org = path_id(request, "org")
+    req = _signed(request)
+    staff = None if req is None else staff_of(node.genesis, node.dd.ledger.get, req.signer)
+    if staff is None or staff[0] != org:
+        raise ApiError(401 if req is None else 403, "forbidden", f"signed by an admin or agent of {org} only")
+    found = [{"ticket_id": k[3:].decode(), **t} for k, t in node.dd.ledger.scan(b"ti/") if t["org"] == org]
+    found.sort(key=lambda t: (not t["escalated"], t["status"] == "closed", -t["timeline"][0]["ts"]))
+    return web.json_response({"org": org, "count": len(found), "tickets": found[:MAX_ORG_TICKETS]})
+
+
 async def reviews(request: web.Request) -> web.Response:
     node = request.app[NODE]
     org = path_id(request, "org")

@@ -114,8 +114,10 @@ class Applier:
         self.metrics.apply_seconds.observe(time.monotonic() - t0)
         if self.after_block is not None:
             self.after_block(block, txs, out)
-        self.publish("block", {"height": h, "hash": block.hash, "txs": len(block.txs),
-                               "timestamp": block.header.timestamp})
+        hd = block.header   # the same shape as a block replayed to a stream (and GET /v1/blocks/{height})
+        self.publish("block", {"height": h, "hash": block.hash, "prev_hash": hd.prev_hash, "tx_root": hd.tx_root,
+                               "state_root": hd.state_root, "timestamp": hd.timestamp, "proposer": hd.proposer,
+                               "term": hd.term, "index": hd.index, "sig": block.sig.hex(), "txs": list(block.tx_ids)})
         for ev in out.events:
             if ev["type"] == "ticket":
                 self.publish("ticket", ev)

@@ -64,6 +64,10 @@ class NodeConfig:
     blocks: BlockConfig = BlockConfig()
     mempool: MempoolConfig = MempoolConfig()
     limits: LimitsConfig = LimitsConfig()
+    # HTTPS for the API and the pages (browsers sign only in a secure context): the
+    # certificate and its key, PEM; plain HTTP when not given
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
 
 
 _MAY_BE_ZERO = {"max_wait_ms"}  # 0: cut a block as soon as the previous one is applied
@@ -125,9 +129,18 @@ def load_config(path: str | Path) -> NodeConfig:
     node_id = need("node_id")
     if type(node_id) is not str or not node_id:
         raise ConfigError(f"{p}: node_id: expected a name")
-    for table in ("api", "peer"):
-        if type(need(table)) is not dict or set(raw[table]) != {"listen"}:
-            raise ConfigError(f"{p}: [{table}] must hold exactly 'listen'")
+    if type(need("peer")) is not dict or set(raw["peer"]) != {"listen"}:
+        raise ConfigError(f"{p}: [peer] must hold exactly 'listen'")
+    api = need("api")
+    if type(api) is not dict or "listen" not in api or set(api) - {"listen", "tls_cert", "tls_key"} \
+            or ("tls_cert" in api) != ("tls_key" in api):
+        raise ConfigError(f"{p}: [api] holds 'listen', and for HTTPS both 'tls_cert' and 'tls_key'")
+    api_tls = [None, None]
+    for i, k in enumerate(("tls_cert", "tls_key")):
+        if k in api:
+            if type(api[k]) is not str or not api[k]:
+                raise ConfigError(f"{p}: [api] {k}: expected a path")
+            api_tls[i] = (base / api[k]).resolve()
     raft = _section(RaftConfig, raw.get("raft"), f"{p}: [raft]")
     if raft.election_ticks <= raft.heartbeat_ticks:
         raise ConfigError(f"{p}: [raft] election_ticks must exceed heartbeat_ticks")
@@ -138,7 +151,8 @@ def load_config(path: str | Path) -> NodeConfig:
         peer_listen=_host_port(raw["peer"]["listen"], f"{p}: [peer] listen"),
         raft=raft, blocks=_section(BlockConfig, raw.get("blocks"), f"{p}: [blocks]"),
         mempool=_section(MempoolConfig, raw.get("mempool"), f"{p}: [mempool]"),
-        limits=_section(LimitsConfig, raw.get("limits"), f"{p}: [limits]"))
+        limits=_section(LimitsConfig, raw.get("limits"), f"{p}: [limits]"),
+        api_tls_cert=api_tls[0], api_tls_key=api_tls[1])
 
 
 def _toml_value(v: Any) -> str:
@@ -147,12 +161,15 @@ def _toml_value(v: Any) -> str:
 
 
 def render_config(node_id: str, *, data_dir: str, genesis: str, node_key: str, tls_cert: str,
-                  api_listen: str, peer_listen: str, tables: dict[str, dict[str, int]] | None = None) -> str:
+                  api_listen: str, peer_listen: str, tables: dict[str, dict[str, int]] | None = None,
+                  api_tls: tuple[str, str] | None = None) -> str:
     """TOML text of a node's configuration (paths relative to the file's folder)."""
     lines = [f"node_id = {_toml_value(node_id)}", f"data_dir = {_toml_value(data_dir)}",
              f"genesis = {_toml_value(genesis)}", f"node_key = {_toml_value(node_key)}",
-             f"tls_cert = {_toml_value(tls_cert)}", "", "[api]", f"listen = {_toml_value(api_listen)}", "",
-             "[peer]", f"listen = {_toml_value(peer_listen)}"]
+             f"tls_cert = {_toml_value(tls_cert)}", "", "[api]", f"listen = {_toml_value(api_listen)}"]
+    if api_tls is not None:   # HTTPS: the API's certificate and key
+        lines += [f"tls_cert = {_toml_value(api_tls[0])}", f"tls_key = {_toml_value(api_tls[1])}"]
+    lines += ["", "[peer]", f"listen = {_toml_value(peer_listen)}"]
     defaults = {"raft": RaftConfig(), "blocks": BlockConfig(), "mempool": MempoolConfig(),
                 "limits": LimitsConfig()}
     for name, d in defaults.items():

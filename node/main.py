@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import signal
+import ssl
 import sys
 import time
 
@@ -41,6 +42,15 @@ def _time_gc(metrics) -> None:
     gc.callbacks.append(callback)
 
 
+def _api_tls(cfg) -> ssl.SSLContext | None:
+    if cfg.api_tls_cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cfg.api_tls_cert, cfg.api_tls_key)
+    return ctx
+
+
 async def serve(node: Node) -> None:
     _time_gc(node.metrics)
     loop = asyncio.get_running_loop()
@@ -53,8 +63,10 @@ async def serve(node: Node) -> None:
     try:
         async with node.running():
             host, _, port = node.cfg.api_listen.rpartition(":")
-            await web.TCPSite(runner, host, int(port)).start()
-            log.info("serving HTTP on %s, peers on %s", node.cfg.api_listen, node.me.peer_addr)
+            tls = _api_tls(node.cfg)
+            await web.TCPSite(runner, host, int(port), ssl_context=tls).start()
+            log.info("serving %s on %s, peers on %s", "HTTPS" if tls else "HTTP", node.cfg.api_listen,
+                     node.me.peer_addr)
             gc.freeze()   # what start-up made lives as long as the process: keep it out of collections
             await stop.wait()
             log.info("stopping")
@@ -72,7 +84,8 @@ def run(config_path: str) -> int:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         logging.getLogger().handlers[0].setFormatter(_JsonLines(cfg.node_id))
         node = Node(cfg)
-    except (ConfigError, GenesisError, NodeError, ValueError, OSError) as e:
+        _api_tls(cfg)   # a certificate that cannot be loaded stops the node before it starts
+    except (ConfigError, GenesisError, NodeError, ValueError, OSError, ssl.SSLError) as e:
         print(f"crmledger node: {e}", file=sys.stderr)
         return 2
     import uvloop

@@ -77,6 +77,11 @@ OPENAPI = {
         "/v1/customers/{customer_id}/export": {"get": _op(
             "everything held about the customer in one document; signed by the customer",
             params=[_path("customer_id"), *_SIGNED], extra={"401": _ERR, "403": _ERR, "404": _ERR, "503": _ERR})},
+        "/v1/orgs": {"get": _op("the consortium's orgs: contact details and ticket service levels")},
+        "/v1/nodes": {"get": _op("the consortium's nodes with their API addresses")},
+        "/v1/orgs/{org}/tickets": {"get": _op("an org's tickets, escalated first; signed by an admin or agent of "
+                                              "the org", params=[_path("org"), *_SIGNED],
+                                              extra={"401": _ERR, "403": _ERR})},
         "/v1/orgs/{org}/reviews": {"get": _op("an org's reviews: ratings, texts (none once erased), count and mean",
                                               params=[_path("org")], extra={"404": _ERR})},
         "/v1/customers/{customer_id}/history": {"get": _op(

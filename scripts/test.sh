@@ -21,6 +21,8 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     echo "$want" > "$stamp"
 fi
 
+scripts/system_deps.sh
+
 jobs=${TEST_JOBS:-$(nproc 2>/dev/null || echo 2)}
 run() {
     local rc=0

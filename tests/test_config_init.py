@@ -106,6 +106,9 @@ def test_the_example_consortium_in_configs_runs_once_init_fills_in_its_keys(tmp_
         cfg = load_config(out / conf.name)   # as it is, once the keys exist
         sections = {f.name: getattr(cfg, f.name) for f in fields(NodeConfig)}
         for name, value in sections.items():   # every key is written out, each after a comment
+            if name.startswith("api_tls_"):   # HTTPS is optional: shown as a commented example
+                assert f"# {name[4:]} = " in text, (conf.name, name)
+                continue
             keys = [f.name for f in fields(value)] if hasattr(value, "__dataclass_fields__") else \
                 ["listen"] if name.endswith("_listen") else [name]
             for key in keys:
@@ -134,3 +137,36 @@ def test_genesis_org_details_are_checked():
         g["orgs"]["org1"].update(bad)
         with pytest.raises(GenesisError, match="orgs.org1"):
             genesis_from_dict(g)
+
+
+def test_init_https_serves_the_api_and_pages_over_https(tmp_path):
+    """`crmledger init --https`: each node serves HTTPS with a certificate made for it."""
+    import ssl
+    import subprocess
+    import sys
+    import urllib.request
+
+    from crmledger.node.bench.localcluster import free_ports, wait_for
+    base = free_ports([1, 101])
+    d = tmp_path / "c"
+    r = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "init", "--nodes", "1", "--out", str(d),
+                        "--base-port", str(base), "--https"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    ctx = ssl.create_default_context(cafile=str(d / "keys" / "node1-api.crt"))
+    with open(d / "node1.log", "wb") as log:
+        p = subprocess.Popen([sys.executable, "-m", "crmledger.node.ops.cli", "node", "--config",
+                              str(d / "node1.toml")], stdout=log, stderr=log, cwd=d)
+    try:
+        def get(path: str) -> bytes:
+            with urllib.request.urlopen(f"https://127.0.0.1:{base + 1}{path}", context=ctx, timeout=5) as resp:
+                return resp.read()
+        wait_for(lambda: b"leader" in get("/v1/status"), 20, "the node to serve HTTPS")
+        assert b"Customer portal" in get("/ui/portal.html")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{base + 1}/healthz", timeout=5).read()
+            raise AssertionError("plain HTTP must not be served next to HTTPS")
+        except (OSError, ValueError) as e:
+            assert not isinstance(e, AssertionError)
+    finally:
+        p.terminate()
+        p.wait(15)

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--base-port", type=int, default=8000, help="node K serves HTTP on BASE_PORT+K")
     i.add_argument("--peer-base-port", type=int, default=None, help="node K's peer port (default BASE_PORT+100+K)")
     i.add_argument("--host", default="127.0.0.1")
+    i.add_argument("--https", action="store_true",
+                   help="serve each node's API and pages over HTTPS, with a certificate made for it "
+                        "(keys/nodeK-api.crt: trust it in the browsers that use the pages)")
     st = sub.add_parser("status", help="a table of the cluster's nodes")
     st.add_argument("--cluster-dir", default=".cluster", help="folder with genesis.json")
     kg = sub.add_parser("keygen", help="make an Ed25519 key (PEM, PKCS#8); prints its public key")
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 d = init_from(a.template, a.out)
             else:
                 d = init_cluster(a.out, a.nodes, base_port=a.base_port, peer_base_port=a.peer_base_port,
-                                 host=a.host)
+                                 host=a.host, https=a.https)
         except (ValueError, FileExistsError, OSError, GenesisError) as e:
             print(f"init: {e}", file=sys.stderr)
             return 2

@@ -19,7 +19,7 @@ from pathlib import Path
 from crmledger.node.config import render_config
 from crmledger.ledger.genesis import DEFAULT_SERVICE_LEVELS, genesis_from_dict
 from crmledger.ledger.keys import SigningKey
-from crmledger.node.ops.tlscerts import fingerprint_pem, make_certificate
+from crmledger.node.ops.tlscerts import fingerprint_pem, make_api_identity, make_certificate
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
@@ -33,8 +33,11 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 def init_cluster(out: str | Path, nodes: int, *, base_port: int = 8000, peer_base_port: int | None = None,
                  host: str = "127.0.0.1", chain_id: str | None = None,
                  tables: dict[str, dict[str, int]] | None = None,
-                 service_levels: dict[str, int] | None = None, node_orgs: list[int] | None = None) -> Path:
-    """`node_orgs` names the org of each node (org K for node K when not given)."""
+                 service_levels: dict[str, int] | None = None, node_orgs: list[int] | None = None,
+                 https: bool = False) -> Path:
+    """`node_orgs` names the org of each node (org K for node K when not given); with
+    `https`, each node serves its API and pages over HTTPS with a certificate made here
+    (DIR/keys/nodeK-api.crt and .key)."""
     if not 1 <= nodes <= 64:
         raise ValueError("--nodes must be between 1 and 64")
     orgs = node_orgs or list(range(1, nodes + 1))
@@ -55,10 +58,16 @@ def init_cluster(out: str | Path, nodes: int, *, base_port: int = 8000, peer_bas
                                "api_addr": f"{host}:{base_port + i}"} for i in range(1, nodes + 1)}}
     d = _fill(template, out)
     for i in range(1, nodes + 1):
+        api_tls = None
+        if https:
+            cert, key = make_api_identity(f"node{i}", [host, "localhost"])
+            _write(d / "keys" / f"node{i}-api.crt", cert)
+            _write(d / "keys" / f"node{i}-api.key", key, private=True)
+            api_tls = (f"keys/node{i}-api.crt", f"keys/node{i}-api.key")
         _write(d / f"node{i}.toml", render_config(
             f"node{i}", data_dir=f"node{i}", genesis="genesis.json", node_key=f"keys/node{i}.pem",
             tls_cert=f"keys/node{i}.crt", api_listen=f"{host}:{base_port + i}",
-            peer_listen=f"{host}:{peer_base + i}", tables=tables).encode())
+            peer_listen=f"{host}:{peer_base + i}", tables=tables, api_tls=api_tls).encode())
     return d
 
 
