@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     bc.add_argument("--reference", choices=["etcd"], default=None)
     bc.add_argument("--runs", type=int, default=3, help="runs per load shape (the median is printed)")
     bc.add_argument("--scale", type=float, default=1.0, help="multiplies the transactions per phase")
+    bi = sub.add_parser("bench-import", help="CSV rows imported per second into a local 3-node cluster")
+    bi.add_argument("--rows", type=int, default=100_000)
+    bi.add_argument("--runs", type=int, default=3)
+    bi.add_argument("--batch", type=int, default=500)
     s = sub.add_parser("bench-store", help="benchmark the durable store and verify on a long chain")
     s.add_argument("--transactions", type=int, default=1_000_000)
     s.add_argument("--block", type=int, default=500, help="transactions per block")
@@ -84,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             run_bench(a.reference, a.runs, a.scale)
         except RuntimeError as e:
             print(f"bench: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if a.cmd == "bench-import":
+        from crmledger.node.bench.importbench import run as run_import_bench
+        try:
+            run_import_bench(a.rows, a.runs, a.batch)
+        except (RuntimeError, OSError, TimeoutError) as e:
+            print(f"bench-import: {e}", file=sys.stderr)
             return 1
         return 0
     if a.cmd == "bench-store":
