@@ -48,9 +48,10 @@ def _parse_batch(raw: bytes, ctype: str) -> list[Parsed]:
 
 
 def _answer(node: Node, parsed: Tx | TxError, client: str | None, committed: bool | None = None,
-            part: Part | None = None) -> ApiError | dict:
+            part: Part | None = None, parts: list | None = None) -> ApiError | dict:
     """What a submission of `parsed` gets: an ApiError, or the body of a 202. An
-    admitted transaction's private part goes to the nodes that may hold it."""
+    admitted transaction's private part is added to `parts`, or, without that list,
+    goes at once to the nodes that may hold it."""
     if isinstance(parsed, TxError):
         node.rejected(parsed.code)
         return ApiError(400, parsed.code, parsed.detail)
@@ -64,7 +65,10 @@ def _answer(node: Node, parsed: Tx | TxError, client: str | None, committed: boo
     if state == Admitted.COMMITTED:
         return ApiError(409, "already_committed", "this transaction is committed", extra=known)
     if part is not None:
-        node.private.deliver(parsed, part)
+        if parts is None:
+            node.private.deliver([(parsed, part)])
+        else:
+            parts.append((parsed, part))
     return {"tx_id": parsed.tx_id, "status": "pending"}
 
 
@@ -129,9 +133,12 @@ async def submit_batch(request: web.Request) -> web.Response:
             await asyncio.sleep(0)   # let Raft and other requests in between
         chunk = parsed[at:at + ADMIT_CHUNK]
         committed = node.dd.ledger.committed_among([p for p, _ in chunk if isinstance(p, Tx)])
+        parts: list = []
         for p, part in chunk:
-            a = _answer(node, p, request.remote, isinstance(p, Tx) and p.tx_id in committed, part)
+            a = _answer(node, p, request.remote, isinstance(p, Tx) and p.tx_id in committed, part, parts)
             out.append({"status_code": a.status, **a.body()} if isinstance(a, ApiError) else {"status_code": 202, **a})
+        if parts:   # the chunk's private parts: one write, one frame per peer
+            node.private.deliver(parts)
     return web.json_response(out, status=202)
 
 

@@ -15,9 +15,11 @@ purging it with receipts, and reconciling against the chain.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from concurrent.futures import Executor
 from typing import Any, Callable, NamedTuple
 
 from crmledger.ledger.genesis import Genesis, NodeInfo
@@ -31,6 +33,8 @@ from crmledger.storage.private_store import Item, PrivateStore
 
 log = logging.getLogger("crmledger.private")
 MAX_FIELDS, MAX_VALUE, MAX_TEXT = 64, 1024, 8192
+MAX_FORWARDED = 5000   # parts in one frame from a peer (a batch's worth)
+INLINE_CHECKS = 16     # a frame of up to this many is checked on the loop
 _SALT = re.compile(r"(?:[0-9a-f]{2}){16,64}\Z")
 
 
@@ -75,7 +79,7 @@ def check_private(tx: Tx, obj: Any) -> Part:
 
 class PrivateData:
     def __init__(self, me: NodeInfo, genesis: Genesis, key: SigningKey, store: PrivateStore, ledger: LedgerReads,
-                 peers: PeerLinks, calls: PeerCalls, submit: Callable[[Tx], None]) -> None:
+                 peers: PeerLinks, calls: PeerCalls, submit: Callable[[Tx], None], checker: Executor) -> None:
         self.me = me
         self.genesis = genesis
         self.key = key
@@ -84,6 +88,8 @@ class PrivateData:
         self.peers = peers
         self.calls = calls
         self.submit = submit   # admits a transaction this node signed
+        self.checker = checker  # decodes and checks forwarded parts off the loop
+        self.tasks: set[asyncio.Task] = set()
         calls.handle("private_sync", self._serve_sync)
 
     # -- who holds what -----------------------------------------------------------------------
@@ -119,37 +125,63 @@ class PrivateData:
         return Item(part.kind, part.hash, cid, ref, part.salt, part.value)
 
     # -- taking it in ---------------------------------------------------------------------------
-    def deliver(self, tx: Tx, part: Part) -> None:
-        """A part sent with a transaction this node admitted: kept here if this node may
-        hold it, and sent to every other node that may."""
-        org = self.holder_org(tx)
-        if self.may_hold(org):
-            self.store.put(self._item(tx, part))
-        body = {"env": tx.encode(), "salt": part.salt.hex(), "value": part.value}
-        for nid, n in self.peers.peers.items():
-            if self.may_hold_as(n, org):
-                self.peers.send(nid, "private", body)
+    def deliver(self, parts: list[tuple[Tx, Part]]) -> None:
+        """Parts sent with transactions this node admitted: kept here (in one write) where
+        this node may hold them, and sent to every other node that may (one frame each)."""
+        mine: list[Item] = []
+        out: dict[str, list[dict]] = {}
+        for tx, part in parts:
+            org = self.holder_org(tx)
+            if self.may_hold(org):
+                mine.append(self._item(tx, part))
+            body = {"env": tx.encode(), "salt": part.salt.hex(), "value": part.value}
+            for nid, n in self.peers.peers.items():
+                if self.may_hold_as(n, org):
+                    out.setdefault(nid, []).append(body)
+        if mine:
+            self.store.put_many(mine)
+        for nid, bodies in out.items():
+            self.peers.send(nid, "private", bodies)
 
     @staticmethod
     def may_hold_as(node: NodeInfo, org: str | None) -> bool:
         return org is None or node.org == org
 
     def received(self, peer: str, body: Any) -> None:
-        """A part forwarded by a peer: checked as if sent here, kept only if this node may
-        hold it (a peer cannot make this node keep what it may not)."""
-        try:
-            if type(body) is not dict or set(body) != {"env", "salt", "value"} or type(body["env"]) is not bytes:
-                raise PrivateError("a private frame of the wrong shape")
-            tx = decode_tx(body["env"])
-            if not tx.signature_ok():
-                raise PrivateError("bad signature")
-            name = "profile" if HASHED.get(tx.type, ("",))[0] == "profile" else "text"
-            part = check_private(tx, {"salt": body["salt"], name: body["value"]})
-        except (PrivateError, TxError) as e:
-            log.warning("dropping private data forwarded by %s: %s", peer, e)
+        """Parts forwarded by a peer (a frame holds a list): each checked as if sent here
+        (in a checker thread, for more than a few) and kept only if this node may hold it
+        (a peer cannot make this node keep what it may not)."""
+        if type(body) is not list or len(body) > MAX_FORWARDED:
+            log.warning("dropping a private frame of the wrong shape from %s", peer)
             return
-        if self.may_hold(self.holder_org(tx)):
-            self.store.put(self._item(tx, part))
+        t = asyncio.get_running_loop().create_task(self._take(peer, body))
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    async def _take(self, peer: str, bodies: list) -> None:
+        if len(bodies) <= INLINE_CHECKS:
+            parts = self._check_forwarded(peer, bodies)
+        else:
+            parts = await asyncio.get_running_loop().run_in_executor(self.checker, self._check_forwarded, peer, bodies)
+        items = [self._item(tx, part) for tx, part in parts if self.may_hold(self.holder_org(tx))]
+        if items:
+            self.store.put_many(items)
+
+    @staticmethod
+    def _check_forwarded(peer: str, bodies: list) -> list[tuple[Tx, Part]]:
+        out = []
+        for body in bodies:
+            try:
+                if type(body) is not dict or set(body) != {"env", "salt", "value"} or type(body["env"]) is not bytes:
+                    raise PrivateError("a private item of the wrong shape")
+                tx = decode_tx(body["env"])
+                if not tx.signature_ok():
+                    raise PrivateError("bad signature")
+                name = "profile" if HASHED.get(tx.type, ("",))[0] == "profile" else "text"
+                out.append((tx, check_private(tx, {"salt": body["salt"], name: body["value"]})))
+            except (PrivateError, TxError) as e:
+                log.warning("dropping private data forwarded by %s: %s", peer, e)
+        return out
 
     # -- blocks -----------------------------------------------------------------------------------
     def committed(self, txs: list[Tx], codes: list[str], events: tuple[dict, ...]) -> None:

@@ -97,7 +97,7 @@ class Node:
         self.calls = PeerCalls(self.peers)
         self.calls.handle("commit_index", self._serve_commit_index)
         self.private = PrivateData(me, self.genesis, self.key, self.dd.private, self.dd.ledger, self.peers,
-                                   self.calls, self.admit)
+                                   self.calls, self.admit, self.checker.pool)
         self.applier.after_block = self._after_block
         self.replay = ReplayGuard()             # signed requests seen
         self.disclosure = Disclosure(self)

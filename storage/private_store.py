@@ -52,12 +52,18 @@ class PrivateStore:
     def put(self, item: Item) -> bool:
         """Keep an item whose hash was checked by the caller; False once its customer is
         erased."""
-        if self.is_erased(item.customer_id):
-            return False
-        with transaction(self.conn, durable=True) as c:
-            c.execute("INSERT OR REPLACE INTO private VALUES (?, ?, ?, ?, ?, ?)",
-                      (item.hash, item.kind, item.customer_id, item.ref, item.salt, canonical_bytes(item.value)))
-        return True
+        return self.put_many([item]) == 1
+
+    def put_many(self, items: list[Item]) -> int:
+        """Keep items whose hashes were checked by the caller, in one durable write; those
+        of erased customers are not taken. Returns how many were kept."""
+        keep = [i for i in items if not self.is_erased(i.customer_id)]
+        if keep:
+            with transaction(self.conn, durable=True) as c:
+                c.executemany("INSERT OR REPLACE INTO private VALUES (?, ?, ?, ?, ?, ?)",
+                              [(i.hash, i.kind, i.customer_id, i.ref, i.salt, canonical_bytes(i.value))
+                               for i in keep])
+        return len(keep)
 
     def get(self, hash_: str) -> Item | None:
         row = self.conn.execute("SELECT kind, customer_id, ref, salt, value FROM private WHERE hash=?",
