@@ -15,7 +15,7 @@ from crmledger.ledger.statekeys import k_review, k_ticket
 from crmledger.ledger.tx import admit, sign_tx
 from crmledger.node.admission import Refused
 from crmledger.node.api import NODE, ApiError, bad_query, path_id
-from crmledger.node.audit import access_log, entries
+from crmledger.node.audit import access_log, entries, reads_among
 from crmledger.node.consent_receipt import consent_receipt, consent_state
 from crmledger.node.mempool import MempoolFull
 from crmledger.node.peercalls import CallFailed
@@ -27,6 +27,15 @@ READ_TIMEOUT_S = 10.0   # how long an audited read waits for its entry to commit
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def _signed_current(request: web.Request) -> SignedRequest | None:
+    """The request's signature, checked; a signed read then waits until this node is
+    current (see `_current`)."""
+    req = _signed(request)
+    if req is not None:
+        await _current(request.app[NODE])
+    return req
 
 
 def _signed(request: web.Request) -> SignedRequest | None:
@@ -145,9 +154,7 @@ async def _audited_read(node: Node, req: SignedRequest, cid: str) -> dict:
 async def access(request: web.Request) -> web.Response:
     node = request.app[NODE]
     cid = path_id(request, "customer_id")
-    req = _signed(request)
-    if req is not None:
-        await _current(node)
+    req = await _signed_current(request)
     _customer_or_owner(node, req, _record(node, cid))
     log = await node.reader.run(access_log, cid, node.dd.ledger.history_candidates(cid))
     return web.json_response({"customer_id": cid, "access": log})
@@ -193,9 +200,7 @@ async def ticket(request: web.Request) -> web.Response:
     """The timeline; signed by the customer or the ticket's org, with its texts."""
     node = request.app[NODE]
     tid = path_id(request, "ticket_id")
-    req = _signed(request)
-    if req is not None:
-        await _current(node)
+    req = await _signed_current(request)
     t = node.dd.ledger.ticket(tid)
     if t is None:
         raise ApiError(404, "not_found", "no such ticket")
@@ -241,9 +246,7 @@ async def export(request: web.Request) -> web.Response:
     """One document with everything held about the customer (GDPR Art. 15 and 20)."""
     node = request.app[NODE]
     cid = path_id(request, "customer_id")
-    req = _signed(request)
-    if req is not None:
-        await _current(node)
+    req = await _signed_current(request)
     rec = _record(node, cid)
     if not _is_customer(req, rec):
         raise ApiError(401 if req is None else 403, "forbidden", "only the customer, with their own key, exports")
@@ -276,7 +279,7 @@ async def export(request: web.Request) -> web.Response:
         "profile": None if profile is None else {"salt": profile[0], "profile": profile[1]},
         "consents": [{**c, "receipt": consent_receipt(node.genesis, cid, rec, c["grantee_org"], c, _now_ms())}
                      for c in _consents(node, cid)],
-        "access": [e for e in await node.reader.run(access_log, cid, led.history_candidates(cid))],
+        "access": reads_among(node.genesis, history),   # from the trail read above, not read again
         "tickets": [{"ticket_id": tid, **_with_texts(t, vals),
                      "salts": {h: vals[h][0] for h in _ticket_hashes(t) if h in vals}}
                     for tid, t in tickets.items()],

@@ -24,6 +24,7 @@ class BlockProposer:
         self.me = me
         self.cfg = cfg
         self.leading = False
+        self._deadline: tuple[int, int | None] = (-1, None)   # (height read at, next ticket deadline)
 
     def may_be_due(self) -> bool:
         """Whether a transaction just admitted could make a block due (the first pending
@@ -39,6 +40,12 @@ class BlockProposer:
         if self.mempool.first_pending_at is None:
             return 0.0
         return max(0.0, self.mempool.first_pending_at + self.cfg.max_wait_ms / 1000 - time.monotonic())
+
+    def _next_deadline(self) -> int | None:
+        """The state changes only with a block: read once per height."""
+        if self._deadline[0] != self.ledger.height:
+            self._deadline = (self.ledger.height, self.ledger.next_deadline())
+        return self._deadline[1]
 
     def on_role_change(self, state: StateType) -> None:
         now = time.monotonic()
@@ -61,7 +68,7 @@ class BlockProposer:
             return
         pending = self.mempool.pending()
         if not pending:
-            due = self.ledger.next_deadline()
+            due = self._next_deadline()
             if due is None or due >= time.time() * 1000:
                 return
         st = self.raw.status()

@@ -95,7 +95,12 @@ def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: b
         print(json.dumps(env))
         return 0
     url = f"http://{node}/v1/tx" + ("?wait=commit" if wait else "")
-    req = urllib.request.Request(url, data=json.dumps(env).encode(), headers={"Content-Type": "application/json"})
+    return _send("submit", node, urllib.request.Request(url, data=json.dumps(env).encode(),
+                                                        headers={"Content-Type": "application/json"}))
+
+
+def _send(cmd: str, node: str, req: urllib.request.Request) -> int:
+    """Send `req`, print the answer (an error's on stderr); the exit code."""
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             print(r.read().decode())
@@ -104,7 +109,7 @@ def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: b
         print(e.read().decode(), file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"submit: cannot reach {node}: {e}", file=sys.stderr)
+        print(f"{cmd}: cannot reach {node}: {e}", file=sys.stderr)
         return 2
 
 
@@ -119,14 +124,4 @@ def read(node: str, key_file: str, path: str) -> int:
         print("read: the path starts with /, e.g. /v1/customers/alice/export", file=sys.stderr)
         return 2
     headers = sign_request(key, "GET", path, int(time.time() * 1000))
-    req = urllib.request.Request(f"http://{node}{path}", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            print(r.read().decode())
-            return 0
-    except urllib.error.HTTPError as e:
-        print(e.read().decode(), file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"read: cannot reach {node}: {e}", file=sys.stderr)
-        return 2
+    return _send("read", node, urllib.request.Request(f"http://{node}{path}", headers=headers))
