@@ -54,7 +54,7 @@ def wait_for(cond, timeout: float = 20.0, what: str = "condition", poll: float =
             v = cond()
             if v:
                 return v
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, LookupError):
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
