@@ -89,6 +89,9 @@ class Raft:
         if not hs.is_empty():
             self._load_state(hs)
         if cfg.applied:
+            if self.log.committed < cfg.applied <= self.log.last_index():
+                # what was applied was committed: the commit index is written lazily
+                self.log.commit_to(cfg.applied)
             self.log.applied_to(cfg.applied)
         self.become_follower(self.term, NONE)
 

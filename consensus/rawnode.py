@@ -42,11 +42,16 @@ class Ready:
     committed_entries: tuple[Entry, ...]   # entries now committed, to apply in order
     messages: tuple[Message, ...]          # to send now: they need nothing written first
     messages_after_write: tuple[Message, ...]   # to send once the write above is durable
+    vote_changed: bool = False             # hard_state carries a new term or vote, not only a commit
 
     @property
     def must_sync(self) -> bool:
-        """Whether step 2 of the contract writes anything."""
-        return bool(self.entries) or self.snapshot is not None or self.hard_state is not None
+        """Whether step 2 of the contract must be durable before anything else happens:
+        entries, a snapshot, a term or a vote. A hard state that only moves the commit
+        index may be written without waiting for the disk (as etcd's MustSync): a commit
+        index lost in a power cut is learnt again from the leader, and never falls below
+        what the application applied (see Raft's start)."""
+        return bool(self.entries) or self.snapshot is not None or self.vote_changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +198,8 @@ class RawNode:
             committed_entries=committed,
             messages=now,
             messages_after_write=tuple(m for m in r.msgs if m.needs_durability) if len(now) < len(r.msgs) else (),
+            vote_changed=hard != self._prev_hard and (hard.term, hard.vote) != (self._prev_hard.term,
+                                                                               self._prev_hard.vote),
         )
         r.msgs = []
         self._prev_soft, self._prev_hard = soft, hard
@@ -257,6 +264,10 @@ class RawNode:
     @property
     def id(self) -> int:
         return self.raft.id
+
+    @property
+    def last_index(self) -> int:
+        return self.raft.log.last_index()
 
     @property
     def leader_id(self) -> int:

@@ -171,6 +171,10 @@ def _check_fields(obj: dict, spec: dict[str, Check], where: str) -> None:
         raise _malformed(f"{where}: unknown field(s) {', '.join(sorted(map(str, extra)))}")
 
 
+_ENV_HEAD = b"\x82\xa4body"      # msgpack: a map of two, the key "body"
+_ENV_SIG = b"\xa3sig\xd9\x80"     # the key "sig", then a str8 of 128 characters
+
+
 @dataclass(frozen=True, slots=True)
 class Tx:
     body: dict
@@ -199,8 +203,11 @@ class Tx:
 
     def encode(self) -> bytes:
         """The stored and gossiped form: canonical msgpack of the envelope. The body is
-        canonical already and "body" sorts before "sig", so packing as is gives it."""
-        return msgpack.packb({"body": self.body, "sig": self.sig.hex()}, use_bin_type=True)
+        canonical already and "body" sorts before "sig", so packing as is gives it; the
+        packed body is the signing bytes after their prefix, so it is not packed again."""
+        if not self.signing_bytes:
+            return msgpack.packb({"body": self.body, "sig": self.sig.hex()}, use_bin_type=True)
+        return _ENV_HEAD + self.signing_bytes[len(TX_PREFIX):] + _ENV_SIG + self.sig.hex().encode()
 
     def signature_ok(self) -> bool:
         return verify(self.signer, self.sig, self.signing_bytes)

@@ -75,6 +75,9 @@ def _answer(node: Node, parsed: Tx | TxError, client: str | None, committed: boo
 def _refusing(node: Node) -> None:
     if not node.accepting:
         raise ApiError(503, "shutting_down", "this node is stopping", 1)
+    if node.backlog.full(len(node.mempool)):   # before any work is spent on the body
+        raise ApiError(503, "overloaded", f"{len(node.mempool)} transactions are waiting for a block, more than "
+                       f"the cluster commits in {node.cfg.mempool.max_queue_ms} ms: try again", 1)
 
 
 def _committed(tx_id: str, height: int, code: str) -> dict:
@@ -84,7 +87,9 @@ def _committed(tx_id: str, height: int, code: str) -> dict:
 async def submit(request: web.Request) -> web.Response:
     node = request.app[NODE]
     _refusing(node)
+    t0 = time.monotonic()
     obj = decode_body(await raw_body(request), request.content_type)
+    t1 = time.monotonic()
     wait = request.query.get("wait")
     if wait not in (None, "commit"):
         raise bad_query("wait may only be 'commit'")
@@ -94,8 +99,14 @@ async def submit(request: web.Request) -> web.Response:
             raise ValueError
     except ValueError:
         raise bad_query("timeout must be a number of seconds in (0, 300]") from None
+    t2 = time.monotonic()
     parsed, part = _parse(obj)
+    t3 = time.monotonic()
     out = _answer(node, parsed, request.remote, part=part)
+    stage = node.metrics.stage
+    stage("receive", t1 - t0)
+    stage("verify", t3 - t2)
+    stage("admit", time.monotonic() - t3)
     if isinstance(out, ApiError) and out.code == "unknown_signer":
         # a customer registered through another node a moment ago may not be applied
         # here yet: catch up with the leader's commit index, then judge again
@@ -110,7 +121,10 @@ async def submit(request: web.Request) -> web.Response:
         return web.json_response(out, status=202)
     t0 = time.monotonic()
     fut = node.wait_commit(parsed.tx_id)
-    rec = node.tx_record(parsed.tx_id) or await _wait(fut, timeout)   # it may have committed meanwhile
+    rec = node.tx_record(parsed.tx_id)   # it may have committed meanwhile
+    if rec is None:
+        rec = await _wait(fut, timeout)
+        stage("reply", time.monotonic() - node.applier.applied_at)
     node.metrics.commit_latency.observe(time.monotonic() - t0)
     return web.json_response(_committed(parsed.tx_id, rec.height, rec.code))
 
@@ -125,8 +139,11 @@ async def _wait(fut: asyncio.Future, timeout: float):
 async def submit_batch(request: web.Request) -> web.Response:
     node = request.app[NODE]
     _refusing(node)
+    t0 = time.monotonic()
     raw = await raw_body(request)
+    t1 = time.monotonic()
     parsed = await node.checker.run(_parse_batch, raw, request.content_type)
+    t2 = time.monotonic()
     out = []
     for at in range(0, len(parsed), ADMIT_CHUNK):
         if at:
@@ -139,6 +156,10 @@ async def submit_batch(request: web.Request) -> web.Response:
             out.append({"status_code": a.status, **a.body()} if isinstance(a, ApiError) else {"status_code": 202, **a})
         if parts:   # the chunk's private parts: one write, one frame per peer
             node.private.deliver(parts)
+    n = len(parsed)
+    node.metrics.stage("receive", t1 - t0, n)
+    node.metrics.stage("verify", t2 - t1, n)
+    node.metrics.stage("admit", time.monotonic() - t2, n)
     return web.json_response(out, status=202)
 
 

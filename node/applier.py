@@ -40,6 +40,7 @@ class Applier:
         self.checker = checker
         self.metrics = metrics
         self.waiters: dict[str, list[asyncio.Future]] = {}
+        self.applied_at = 0.0   # when the last block was applied: its waiting clients' reply starts then
         self.listeners: set[asyncio.Queue] = set()   # event streams: (event name, data) items
         # called with (block, txs, outcome) after each block is applied
         self.after_block: Callable[[Block, list[Tx], BlockOutcome], None] | None = None
@@ -105,13 +106,16 @@ class Applier:
             log.error("rejecting the block at index %d: %s", index, e)
             return False
         self.mempool.remove(block.tx_ids, time.monotonic())
+        self.applied_at = time.monotonic()
         h = block.header.height
         for pos, (tx_id, r) in enumerate(zip(block.tx_ids, out.results)):
             self.metrics.tx_committed.labels(code=r.code).inc()
             for fut in self.waiters.pop(tx_id, ()):
                 if not fut.done():
                     fut.set_result(TxRecord(tx_id, h, pos, r.code))
-        self.metrics.apply_seconds.observe(time.monotonic() - t0)
+        dt = time.monotonic() - t0
+        self.metrics.apply_seconds.observe(dt)
+        self.metrics.stage("apply", dt, len(txs))
         if self.after_block is not None:
             self.after_block(block, txs, out)
         hd = block.header   # the same shape as a block replayed to a stream (and GET /v1/blocks/{height})

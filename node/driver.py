@@ -125,6 +125,8 @@ class RaftDriver:
                 t = time.perf_counter()
                 await asyncio.to_thread(self.dd.raft.save, rd.hard_state, rd.entries, rd.snapshot)
                 self.metrics.fsync_seconds.observe(time.perf_counter() - t)
+            elif rd.hard_state is not None:   # only the commit index moved: no need to wait for the disk
+                self.dd.raft.save(rd.hard_state, (), durable=False)
             if rd.snapshot is not None:
                 # the snapshot is durable: now fetch the blocks it stands for (a crash
                 # before this ends is resumed by `run` on the next start)
@@ -132,6 +134,8 @@ class RaftDriver:
             for m in rd.messages_after_write:
                 self.send(m)
             if rd.committed_entries:
+                for e in rd.committed_entries:
+                    self.proposer.committed(e.index)
                 await self.applier.apply(rd.committed_entries)
             self.raw.advance(rd)
 

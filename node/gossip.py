@@ -37,17 +37,28 @@ class Gossip:
         self.metrics = metrics
         self.added = added   # called after a transaction from a peer entered the mempool
         self.out: list[bytes] = []
-        self.incoming: asyncio.Queue[list] = asyncio.Queue(QUEUED_FRAMES)
+        self.out_since = 0.0          # the sum of the times the transactions in `out` came
+        self.has_out = asyncio.Event()
+        self.incoming: asyncio.Queue[tuple[float, list]] = asyncio.Queue(QUEUED_FRAMES)
 
     # -- out -----------------------------------------------------------------------------
     def send_later(self, tx: Tx) -> None:
         self.out.append(tx.encode())
+        self.out_since += time.monotonic()
+        self.has_out.set()
 
     async def run_out(self) -> None:
+        last = 0.0
         while True:
-            await asyncio.sleep(self.period)
-            if self.out:
-                batch, self.out = self.out, []
+            await self.has_out.wait()
+            wait = last + self.period - time.monotonic()
+            # what the rest of this pass of the loop admits goes in the same frame
+            await asyncio.sleep(max(0.0, wait))
+            self.has_out.clear()
+            batch, since, self.out, self.out_since = self.out, self.out_since, [], 0.0
+            last = time.monotonic()
+            if batch:
+                self.metrics.stage("gossip_out", last - since / len(batch), len(batch))
                 for i in range(0, len(batch), FRAME_TXS):
                     self.peers.broadcast("txs", batch[i:i + FRAME_TXS])
 
@@ -55,26 +66,27 @@ class Gossip:
     def received(self, envs: list) -> None:
         """A peer's frame of transactions (from the peer links' reader)."""
         try:
-            self.incoming.put_nowait(envs[:MAX_FRAME_TXS])
+            self.incoming.put_nowait((time.monotonic(), envs[:MAX_FRAME_TXS]))
         except asyncio.QueueFull:
             self.metrics.mempool_full_drops.inc(len(envs))
 
     async def run_in(self) -> None:
         while True:
-            envs = await self.incoming.get()
+            came, envs = await self.incoming.get()
             try:
-                await self.take(envs)
+                await self.take(envs, came)
             except Exception:   # a peer's frame must never take the node down
                 log.exception("dropping a gossiped frame")
                 self.metrics.peer_frames_rejected.inc()
 
-    async def take(self, envs: list) -> None:
+    async def take(self, envs: list, came: float | None = None) -> None:
         if len(envs) <= INLINE_TXS:   # a few: cheaper here than a trip to a thread
             txs = self._check(envs)
         else:
             txs = await asyncio.get_running_loop().run_in_executor(self.checker, self._check, envs)
         now = time.monotonic()
         committed = self.ledger.committed_among(txs)
+        added = 0
         for tx in txs:
             if tx.tx_id in self.mempool or tx.tx_id in committed:
                 continue
@@ -86,7 +98,10 @@ class Gossip:
             except MempoolFull:
                 self.metrics.mempool_full_drops.inc()
                 continue
+            added += 1
             self.added()
+        if added and came is not None:
+            self.metrics.stage("gossip_in", now - came, added)
 
     def _check(self, envs: list) -> list[Tx]:
         """The well-formed, well-signed transactions of a frame that this node does not

@@ -20,6 +20,7 @@ class Mempool:
         self.proposed: set[str] = set()
         self.by_signer: Counter[str] = Counter()   # transactions held per signer
         self.first_pending_at: float | None = None  # when the oldest unproposed one arrived
+        self.arrived: dict[str, float] = {}         # tx_id: when it entered
 
     def __len__(self) -> int:
         return len(self.txs)
@@ -37,6 +38,7 @@ class Mempool:
         if len(self.txs) >= self.max_txs:
             raise MempoolFull()
         self.txs[tx.tx_id] = tx
+        self.arrived[tx.tx_id] = now
         self.by_signer[tx.signer] += 1
         if self.first_pending_at is None:
             self.first_pending_at = now
@@ -60,6 +62,10 @@ class Mempool:
         self.first_pending_at = None
         return out
 
+    def mean_age(self, txs: list[Tx], now: float) -> float:
+        """How long, on average, these transactions have been here."""
+        return now - sum(self.arrived[t.tx_id] for t in txs) / len(txs) if txs else 0.0
+
     def mark_proposed(self, tx_ids) -> None:
         self.proposed.update(t for t in tx_ids if t in self.txs)
 
@@ -73,6 +79,7 @@ class Mempool:
         for t in tx_ids:
             tx = self.txs.pop(t, None)
             if tx is not None:
+                del self.arrived[t]
                 self.proposed.discard(t)
                 held[tx.signer] -= 1
                 if not held[tx.signer]:

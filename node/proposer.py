@@ -11,19 +11,22 @@ from crmledger.ledger.genesis import NodeInfo
 from crmledger.ledger.keys import SigningKey
 from crmledger.node.config import BlockConfig
 from crmledger.node.mempool import Mempool
+from crmledger.node.metrics import Metrics
 from crmledger.storage.ledger_store import LedgerStore
 
 
 class BlockProposer:
     def __init__(self, raw: RawNode, mempool: Mempool, ledger: LedgerStore, key: SigningKey, me: NodeInfo,
-                 cfg: BlockConfig) -> None:
+                 cfg: BlockConfig, metrics: Metrics) -> None:
         self.raw = raw
         self.mempool = mempool
         self.ledger = ledger
         self.key = key
         self.me = me
         self.cfg = cfg
+        self.metrics = metrics
         self.leading = False
+        self.in_flight: dict[int, tuple[float, int]] = {}   # Raft index: (proposed at, transactions)
         self._deadline: tuple[int, int | None] = (-1, None)   # (height read at, next ticket deadline)
 
     def may_be_due(self) -> bool:
@@ -34,8 +37,9 @@ class BlockProposer:
         return pending == 1 or pending >= self.cfg.max_txs
 
     def block_due_in(self) -> float | None:
-        """Seconds until the next block is due; None when there is nothing to propose."""
-        if not self.leading or not self.mempool.pending():
+        """Seconds until the next block is due; None when there is nothing to propose, or
+        a block is in flight (its commit wakes the driver)."""
+        if not self.leading or not self.mempool.pending() or self._in_flight():
             return None
         if self.mempool.first_pending_at is None:
             return 0.0
@@ -47,9 +51,19 @@ class BlockProposer:
             self._deadline = (self.ledger.height, self.ledger.next_deadline())
         return self._deadline[1]
 
+    def _in_flight(self) -> bool:
+        return self.raw.last_index != self.ledger.applied_index
+
+    def committed(self, index: int) -> None:
+        """The entry at `index` committed: the time its block took to replicate."""
+        sent = self.in_flight.pop(index, None)
+        if sent is not None and sent[1]:
+            self.metrics.stage("replicate", time.monotonic() - sent[0], sent[1])
+
     def on_role_change(self, state: StateType) -> None:
         now = time.monotonic()
         self.leading = state == StateType.LEADER
+        self.in_flight.clear()
         self.mempool.unmark_all(now)
         if self.leading:
             # transactions already in blocks of our log that are not applied yet must not
@@ -77,11 +91,14 @@ class BlockProposer:
         if pending and pending < self.cfg.max_txs and self.block_due_in():
             return
         txs = self.mempool.take(self.cfg.max_txs, self.cfg.max_bytes)
+        now = time.monotonic()
+        self.metrics.stage("block_wait", self.mempool.mean_age(txs, now), len(txs))
         led = self.ledger
         block = make_block(self.key, height=led.height + 1, prev_hash=led.head_hash, state_root=led.state_root,
                            timestamp=int(time.time() * 1000), proposer=self.me.node_id, term=st.term,
                            index=st.last_index + 1, txs=[t.encode() for t in txs], tx_ids=[t.tx_id for t in txs])
         try:
             self.raw.propose(block.encode())
+            self.in_flight[st.last_index + 1] = (now, len(txs))
         except (NotLeader, ProposalDropped):
             self.mempool.unmark_all(time.monotonic())

@@ -29,6 +29,7 @@ from crmledger.node.blocksync import BlockSync
 from crmledger.node.config import NodeConfig
 from crmledger.node.driver import Inbox, RaftDriver, Stop, TransferTo, Wake
 from crmledger.node.gossip import Gossip
+from crmledger.node.backlog import Backlog
 from crmledger.node.mempool import Mempool, MempoolFull
 from crmledger.node.metrics import Metrics
 from crmledger.node.disclosure import Disclosure
@@ -79,6 +80,7 @@ class Node:
         self.accepting = True
         self.metrics = Metrics(cfg.node_id)
         self.mempool = Mempool(cfg.mempool.max_txs)
+        self.backlog = Backlog(cfg.mempool.max_queue_ms, 2 * cfg.blocks.max_txs)
         self.admission = Admission(self.genesis, cfg.limits)
         self.reader = Reader(cfg.data_dir / "ledger.db", self.genesis, cfg.limits.read_workers,
                              cfg.limits.read_queue)
@@ -87,7 +89,7 @@ class Node:
         self.inbox = Inbox()
         self.applier = Applier(self.raw, self.dd.ledger, self.dd.raft.initial_state()[1], self.mempool,
                                self.checker.pool, self.metrics)
-        self.proposer = BlockProposer(self.raw, self.mempool, self.dd.ledger, self.key, me, cfg.blocks)
+        self.proposer = BlockProposer(self.raw, self.mempool, self.dd.ledger, self.key, me, cfg.blocks, self.metrics)
         self.sync = BlockSync(self.dd.ledger, self.peers, self.applier, self.leader_id)
         self.gossip = Gossip(cfg.mempool.gossip_ms, self.peers, self.mempool, self.dd.ledger, self.admission,
                              self.checker.pool, self.metrics, self._added)
@@ -166,6 +168,7 @@ class Node:
         return self.tx_record(tx_id) or await asyncio.wait_for(fut, timeout)
 
     def _after_block(self, block, txs: list[Tx], out) -> None:
+        self.backlog.committed(len(txs), time.monotonic())
         self.private.committed(txs, [r.code for r in out.results], out.events)
         for ev in out.events:
             if ev["type"] == "erasure":

@@ -152,9 +152,10 @@ class SqliteRaftStorage:
 
     # -- writes -----------------------------------------------------------------------
     def save(self, hard_state: HardState | None, entries: Sequence[Entry],
-             snapshot: Snapshot | None = None) -> None:
-        """A Ready's writes in one transaction: snapshot, entries, hard state."""
-        with transaction(self.conn, durable=self.fsync) as c:
+             snapshot: Snapshot | None = None, durable: bool = True) -> None:
+        """A Ready's writes in one transaction: snapshot, entries, hard state (fsynced
+        unless `durable` is False: a hard state that only moves the commit index)."""
+        with transaction(self.conn, durable=self.fsync and durable) as c:
             if snapshot is not None:
                 self._apply_snapshot(c, snapshot)
             if entries:

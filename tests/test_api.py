@@ -8,6 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from crmledger.node.backlog import Backlog
 from crmledger.node.api import make_app
 from crmledger.node.ops.cluster_init import init_cluster
 from crmledger.node.config import load_config
@@ -111,6 +112,44 @@ async def test_full_mempool_answers_503_with_retry_after(tmp_path):
     finally:
         await client.close()
         node.close()
+
+
+async def test_beyond_what_the_cluster_commits_submissions_are_shed(tmp_path):
+    node, key = _node(tmp_path, blocks={"max_txs": 2}, mempool={"max_queue_ms": 500})
+    client = TestClient(TestServer(make_app(node)))   # no driver: nothing leaves the pool
+    await client.start_server()
+    try:
+        # nothing committed yet: room for two full blocks
+        codes = [(await client.post("/v1/tx", json=_env(key, f"s{i}"))).status for i in range(4)]
+        assert codes == [202] * 4 and node.backlog.limit() == 4
+        r = await client.post("/v1/tx", json=_env(key, "s4"))
+        body = await r.json()
+        assert r.status == 503 and r.headers["Retry-After"] == "1" and body["error"] == "overloaded"
+        assert "4 transactions are waiting" in body["detail"]
+        r = await client.post("/v1/tx/batch", json=[_env(key, "s5")])   # refused whole, before decoding
+        assert r.status == 503 and r.headers["Retry-After"] == "1"
+        # the cluster commits 40 tx/s: half a second of that is 20 transactions
+        t = time.monotonic()
+        for k in range(3):
+            node.backlog.committed(20, t + k * 0.5)
+        assert node.backlog.limit() == 20
+        assert (await client.post("/v1/tx", json=_env(key, "s4"))).status == 202
+    finally:
+        await client.close()
+        node.close()
+
+
+def test_backlog_follows_the_commit_rate():
+    b = Backlog(max_queue_ms=500, floor=10)
+    assert b.limit() == 10 and not b.full(9) and b.full(10)
+    b.committed(0, 0.0)
+    b.committed(1000, 0.5)      # 2,000 tx/s over the first window
+    assert b.limit() == 1000
+    b.committed(0, 1.0)         # then nothing: the estimate halves each window, to the floor
+    assert b.limit() == 500
+    for k in range(20):
+        b.committed(0, 1.5 + k * 0.5)
+    assert b.limit() == 10
 
 
 async def test_openapi_lists_every_route(api):

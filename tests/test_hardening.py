@@ -249,7 +249,7 @@ async def test_a_stranger_is_refused_over_http_and_over_gossip(tmp_path):
         # over gossip: a peer that passes it on gets it dropped, not kept, not proposed
         gossiped = decode_tx(msgpack.packb(_register(stranger, "s4")))
         node._on_frame("node1", "txs", [gossiped.encode()])   # queued for the intake
-        await node.gossip.take(node.gossip.incoming.get_nowait())
+        await node.gossip.take(node.gossip.incoming.get_nowait()[1])
         assert gossiped.tx_id not in node.mempool
         assert b'reason="unknown_signer_gossiped"} 1.0' in node.render_metrics()
         # a customer's own registered key is a member for its own record, not for another's

@@ -119,6 +119,9 @@ def test_json_and_msgpack_give_the_same_tx_id(extra):
     a, b = admit(via_json), admit(via_msgpack)
     assert a.tx_id == b.tx_id and a.encode() == b.encode()
     assert decode_tx(a.encode()).tx_id == a.tx_id
+    # the stored form, built from the signing bytes, is the canonical packing of the envelope
+    for tx in (a, admit(sign_tx(ADMIN, "ticket.open", "org1", json.dumps(extra)[:64], 1, payload))):
+        assert tx.encode() == msgpack.packb({"body": tx.body, "sig": tx.sig.hex()}, use_bin_type=True)
     # and any value allowed by SPEC §2 encodes canonically, whatever the key order
     shuffled = dict(reversed(list(extra.items())))
     assert canonical_bytes(extra) == canonical_bytes(shuffled)

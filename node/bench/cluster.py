@@ -29,6 +29,7 @@ import aiohttp
 from crmledger.ledger.keys import SigningKey
 from crmledger.ledger.tx import sign_tx
 from crmledger.node.bench.localcluster import LocalCluster, free_ports, wait_for
+from crmledger.node.metrics import STAGES
 
 T_PHASE = 60.0  # no phase runs longer than this
 
@@ -88,8 +89,8 @@ async def _drive(urls: list[str], items: list[bytes], concurrency: int, path: st
                 if time.monotonic() > deadline:
                     return
                 url = urls[i % len(urls)]
-                t = time.monotonic()
                 for _ in range(MAX_TRIES):   # a node that sheds load says when to come back
+                    t = time.monotonic()     # latency: of the request that was taken
                     async with s.post(url + path, data=body, headers={"Content-Type": "application/json"}) as r:
                         await r.read()
                         retry = r.headers.get("Retry-After")
@@ -174,6 +175,42 @@ def _bench_reads(c: LocalCluster, runs: int, scale: float, prog: Progress) -> di
 
 
 # -- our cluster ---------------------------------------------------------------------------
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used, from its own counters."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stage_totals(c: LocalCluster) -> dict[str, list[float]]:
+    """stage: [seconds, transactions], summed over the nodes' `crmledger_stage_*` counters."""
+    from prometheus_client.parser import text_string_to_metric_families
+    out: dict[str, list[float]] = {s: [0.0, 0.0] for s in STAGES}
+    for i in c.procs:
+        for fam in text_string_to_metric_families(c.get_text(i, "/metrics")):
+            if fam.name in ("crmledger_stage_seconds", "crmledger_stage_txs"):
+                col = 0 if fam.name == "crmledger_stage_seconds" else 1
+                for smp in fam.samples:
+                    if smp.name.endswith("_total"):
+                        out[smp.labels["stage"]][col] += smp.value
+    return out
+
+
+class PhaseMeter:
+    """CPU of the node processes and time per stage over one phase."""
+
+    def __init__(self, c: LocalCluster) -> None:
+        self.c = c
+        self.cpu0 = sum(_cpu_seconds(p.pid) for p in c.procs.values())
+        self.st0 = _stage_totals(c)
+
+    def done(self, txs: int) -> tuple[float, dict[str, list[float]]]:
+        """(CPU µs per committed transaction summed over the nodes, {stage: [s, n]})."""
+        cpu = sum(_cpu_seconds(p.pid) for p in self.c.procs.values()) - self.cpu0
+        st1 = _stage_totals(self.c)
+        return cpu / txs * 1e6, {k: [st1[k][0] - v[0], st1[k][1] - v[1]] for k, v in self.st0.items()}
+
+
 def _bench_ledger(work: Path, shape: list[tuple[str, int, int]], runs: int, batch: int, prog: Progress,
                   scale: float = 1.0) -> dict:
     c = LocalCluster(work / "cluster", 3)
@@ -183,7 +220,8 @@ def _bench_ledger(work: Path, shape: list[tuple[str, int, int]], runs: int, batc
         urls = [c.url(i) for i in (1, 2, 3)]
         results: dict = {}
         for mode, conc, n in shape:
-            rates, p50s, p99s = [], [], []
+            rates, p50s, p99s, cpus = [], [], [], []
+            stages = {k: [0.0, 0.0] for k in STAGES}
             for r in range(runs):
                 envs = _pre_sign(pem, f"{mode}{conc}r{r}t{time.time_ns()}", n)
                 if mode == "single":
@@ -192,16 +230,23 @@ def _bench_ledger(work: Path, shape: list[tuple[str, int, int]], runs: int, batc
                     items = [b"[" + b",".join(envs[i:i + batch]) + b"]" for i in range(0, len(envs), batch)]
                     path, wait = "/v1/tx/batch", "/v1/tx?wait=commit"
                 target = max(c.status(i)["height"] for i in (1, 2, 3))
+                meter = PhaseMeter(c)
                 t0 = time.monotonic()
                 _, lat = asyncio.run(_drive(urls, items, conc, path, wait))
                 wait_for(lambda: c.converged() and c.status(1)["height"] > target, 60, "all nodes to commit", 0.01)
                 elapsed = time.monotonic() - t0
+                cpu, st = meter.done(n)
+                cpus.append(cpu)
+                for k, (secs, cnt) in st.items():
+                    stages[k][0] += secs
+                    stages[k][1] += cnt
                 rates.append(n / elapsed)
                 p50s.append(_pct(lat, 0.5))
                 p99s.append(_pct(lat, 0.99))
                 prog.step(f"crmledger {mode} c={conc} run {r + 1}")
             results[(mode, conc)] = {"tx_s": statistics.median(rates), "p50": statistics.median(p50s),
-                                     "p99": statistics.median(p99s)}
+                                     "p99": statistics.median(p99s), "cpu_us": statistics.median(cpus),
+                                     "stages": {k: (v[0] / v[1] if v[1] else None) for k, v in stages.items()}}
         results["reads"] = _bench_reads(c, runs, scale, prog)
         return results
     finally:
@@ -262,9 +307,28 @@ def _bench_etcd(work: Path, shape: list[tuple[str, int, int]], runs: int, prog: 
                 p.wait()
 
 
+STAGE_LABELS = {
+    "receive": "HTTP receive and decode", "verify": "signature check (entry node)",
+    "admit": "admission to the mempool", "gossip_out": "gossip: batched for the peers",
+    "gossip_in": "gossip: checked by a peer", "block_wait": "wait for the block cut (leader)",
+    "replicate": "replication, both fsyncs", "apply": "apply (every node)", "reply": "reply to the client"}
+
+
+def _print_stages(ours: dict, shape: list[tuple[str, int, int]], out) -> None:
+    """Mean ms a transaction spends in each stage, from the nodes' own counters."""
+    heads = [f"{m} c={c}" for m, c, _ in shape]
+    print("\nwhere a transaction's time goes (mean ms per transaction, from the nodes' counters)", file=out)
+    print(f"{'stage':<34}" + "".join(f"{h:>14}" for h in heads), file=out)
+    for k in STAGES:
+        vals = [ours[(m, c)]["stages"][k] for m, c, _ in shape]
+        print(f"{STAGE_LABELS[k]:<34}" + "".join(f"{'-' if v is None else f'{v * 1000:.2f}':>14}" for v in vals),
+              file=out)
+
+
 def run(reference: str | None = None, runs: int = 3, scale: float = 1.0, batch: int = 100, out=sys.stdout) -> dict:
     shape = [("single", 1, int(200 * scale)), ("single", 16, int(2000 * scale)), ("single", 64, int(3000 * scale)),
-             ("batch", 1, int(3000 * scale)), ("batch", 16, int(12000 * scale)), ("batch", 64, int(20000 * scale))]
+             ("batch", 1, int(3000 * scale)), ("batch", 16, int(12000 * scale)), ("batch", 64, int(20000 * scale)),
+             ("batch", 256, int(30000 * scale))]
     total = (len(shape) + 2) * runs + (3 * runs if reference == "etcd" else 0)
     prog = Progress(total)
     with tempfile.TemporaryDirectory(prefix="crmledger-bench-") as tmp:
@@ -272,17 +336,20 @@ def run(reference: str | None = None, runs: int = 3, scale: float = 1.0, batch: 
         ref = _bench_etcd(Path(tmp), shape, runs, prog) if reference == "etcd" else {}
     prog.close()
     print(f"3 local nodes, {os.cpu_count()} cores; median of {runs} runs; latency = until committed", file=out)
-    print(f"{'load':<22} {'tx/s':>9} {'p50 ms':>8} {'p99 ms':>8}" +
+    print(f"{'load':<22} {'tx/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/tx':>9}" +
           (f" {'etcd put/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6}" if ref else ""), file=out)
     for mode, conc, _ in shape:
         r = ours[(mode, conc)]
         line = f"{mode + (f' ({batch}/req)' if mode == 'batch' else ''):<14} c={conc:<5} {r['tx_s']:>9,.0f} " \
-               f"{r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f}"
+               f"{r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f} {r['cpu_us']:>9,.0f}"
         e = ref.get((mode, conc))
         if e:
             line += f" {e['tx_s']:>11,.0f} {e['p50'] * 1000:>8.1f} {e['p99'] * 1000:>8.1f} {r['tx_s'] / e['tx_s']:>6.2f}"
         print(line, file=out)
-    single64, batch_best = ours[("single", 64)], max(ours[("batch", c)]["tx_s"] for c in (1, 16, 64))
+    print("CPU µs/tx: the three node processes' own CPU counters over the phase, per committed transaction",
+          file=out)
+    _print_stages(ours, shape, out)
+    single64, batch_best = ours[("single", 64)], max(ours[("batch", c)]["tx_s"] for c in (1, 16, 64, 256))
     if ref:
         e = ref[("single", 64)]
         print(f"single submissions at c=64: {single64['tx_s'] / e['tx_s']:.2f}x etcd's puts/s (target >= 1.0), "

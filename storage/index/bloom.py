@@ -71,7 +71,16 @@ class Bloom:
         return hit.astype(bool)
 
     def might_contain(self, key: int) -> bool:
-        return bool(self.contains(np.array([key], np.int64))[0])
+        """contains() of one key, in plain integers (a numpy call per probe would cost
+        more than the whole answer)."""
+        u = key & 0xFFFF_FFFF_FFFF_FFFF
+        mask = int(self.mask)
+        h, step, bits = u & mask, (u >> 32) | 1, self.bits
+        for _ in range(3):
+            if not (int(bits[h >> 3]) >> (h & 7)) & 1:
+                return False
+            h = (h + step) & mask
+        return True
 
     def add_all(self, keys) -> None:
         n = 0

@@ -85,6 +85,35 @@ def _spans(lasts: np.ndarray, firsts: np.ndarray, keys: np.ndarray) -> list[tupl
     return [(lo, hi) for lo, hi in zip(los.tolist(), his.tolist()) if hi > lo]
 
 
+class _Held:
+    """Keys and their seqs appended a block at a time into arrays that double when full,
+    so a lookup right after a one-transaction block costs no copy of what is held."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(1024, _I8)
+        self.seqs = np.empty(1024, _I8)
+        self.n = 0
+
+    def append(self, keys: np.ndarray, seqs: np.ndarray) -> None:
+        m = self.n + len(keys)
+        if m > len(self.keys):
+            cap = max(m, 2 * len(self.keys))
+            for name in ("keys", "seqs"):
+                grown = np.empty(cap, _I8)
+                grown[:self.n] = getattr(self, name)[:self.n]
+                setattr(self, name, grown)
+        self.keys[self.n:m] = keys
+        self.seqs[self.n:m] = seqs
+        self.n = m
+
+    def view(self) -> Chunk:
+        """What is held (views: valid until the next append or clear)."""
+        return self.keys[:self.n], self.seqs[:self.n]
+
+    def clear(self) -> None:
+        self.n = 0
+
+
 class TxIndex:
     def __init__(self, conn: sqlite3.Connection, fetch: Fetch, merge_at: int = 50_000, ratio: int = 8,
                  names: tuple[str, ...] = NAMES) -> None:
@@ -115,9 +144,8 @@ class TxIndex:
                     lo, hi = np.searchsorted(rows[:, 0], first_id), np.searchsorted(rows[:, 0], last_id, "right")
                     if hi > lo:
                         self.fences[(name, run)] = (rows[lo:hi, 1].copy(), rows[lo:hi, 2].copy())
-        # in memory: a block's keys and seqs per lookup, appended
-        self.mem: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in names}
-        self._joined: dict[str, Chunk] = {}
+        # in memory: the keys and seqs of the blocks since the last merge, per lookup
+        self.mem: dict[str, _Held] = {n: _Held() for n in names}
         self.mem_entries = 0
 
     def _drop_old(self, meta: dict) -> None:
@@ -149,17 +177,11 @@ class TxIndex:
             self._hold("subject", subject_keys([subjects[i] for i in at]), seqs[at])
 
     def _hold(self, name: str, keys: np.ndarray, seqs: np.ndarray) -> None:
-        ks, ss = self.mem[name]
-        ks.append(keys)
-        ss.append(seqs)
-        self._joined.pop(name, None)
+        self.mem[name].append(keys, seqs)
         self.mem_entries += len(keys)
 
     def _in_memory(self, name: str) -> Chunk:
-        if name not in self._joined:
-            ks, ss = self.mem[name]
-            self._joined[name] = (np.concatenate(ks), np.concatenate(ss)) if ks else (np.empty(0, _I8),) * 2
-        return self._joined[name]
+        return self.mem[name].view()
 
     def _candidate_array(self, name: str, keys: np.ndarray) -> np.ndarray:
         """Seqs filed under any of `keys`, in memory and in the runs (in no order)."""
@@ -257,9 +279,7 @@ class TxIndex:
                 ("idx_nonce_bloom", bloom.to_bytes())])
         self.merged, self.runs, self.fences, self.bloom = upto, runs, fences, bloom
         for name in self.names:
-            self.mem[name][0].clear()
-            self.mem[name][1].clear()
-        self._joined.clear()
+            self.mem[name].clear()
         self.mem_entries = 0
 
     @staticmethod
