@@ -12,7 +12,7 @@ from .canonical import canonical_bytes
 from .genesis import Genesis
 from .keys import SigningKey, verify
 from .merkle import merkle_root
-from .tx import stored_tx
+from .tx import Tx, TxError, decode_tx, stored_tx
 
 BLOCK_PREFIX = b"crmledger/block/v1\n"
 MAX_BLOCK_BYTES = 64 << 20
@@ -73,7 +73,7 @@ class Block:
         return self.header.hash()
 
 
-def decode_block(data: bytes) -> Block:
+def _parts(data: bytes) -> tuple[BlockHeader, bytes, tuple[bytes, ...]]:
     try:
         if len(data) > MAX_BLOCK_BYTES:
             raise BlockError("block too large")
@@ -86,11 +86,27 @@ def decode_block(data: bytes) -> Block:
     txs = tuple(obj[2])
     if not all(type(t) is bytes for t in txs):
         raise BlockError("block transactions must be binary")
+    return header, obj[1], txs
+
+
+def decode_block(data: bytes) -> Block:
+    header, sig, txs = _parts(data)
     try:
         ids = tuple(stored_tx(t).tx_id for t in txs)
     except Exception as e:
         raise BlockError(f"a transaction of the block is not readable: {e}") from None
-    return Block(header, obj[1], txs, ids)
+    return Block(header, sig, txs, ids)
+
+
+def decode_block_txs(data: bytes) -> tuple[Block, list[Tx]]:
+    """A block from outside with its transactions, each decoded and its shape checked
+    once (signatures not checked here)."""
+    header, sig, envs = _parts(data)
+    try:
+        txs = [decode_tx(t) for t in envs]
+    except TxError as e:
+        raise BlockError(f"a transaction of the block is malformed: {e.detail}") from None
+    return Block(header, sig, envs, tuple(t.tx_id for t in txs)), txs
 
 
 def make_block(key: SigningKey, *, height: int, prev_hash: str, state_root: str, timestamp: int,

@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from typing import Callable
 
 from crmledger.consensus import ConfChange, ConfState, Entry, EntryType, RawNode
-from crmledger.ledger.block import Block, BlockError, decode_block
+from crmledger.ledger.block import Block, BlockError, decode_block, decode_block_txs
 from crmledger.ledger.rules import BlockOutcome
 from crmledger.ledger.tx import Tx, TxError, decode_tx
 from crmledger.node.mempool import Mempool
@@ -84,11 +84,20 @@ class Applier:
             txs.append(tx)
         return block, txs
 
+    @staticmethod
+    def _prepare_fetched(data: bytes) -> tuple[Block, list[Tx]]:
+        """`_prepare` of a block fetched to catch up (none of its transactions is in the
+        mempool): each decoded once, every signature checked."""
+        block, txs = decode_block_txs(data)
+        for tx in txs:
+            if not tx.signature_ok():
+                raise BlockError(f"transaction {tx.tx_id} has a bad signature")
+        return block, txs
+
     async def apply_block(self, index: int, data: bytes, from_log: bool = True) -> bool:
         """Apply the block carried at Raft index `index`; False when it cannot extend the
         chain (a block from the log is then skipped by every node alike; one fetched from
         a peer leaves nothing behind)."""
-        led = self.ledger
         try:
             if len(data) <= INLINE_BYTES:   # a small block: cheaper here than a trip to a thread
                 block, txs = self._prepare(data)
@@ -97,8 +106,17 @@ class Applier:
         except (BlockError, TxError) as e:
             log.error("rejecting the block at index %d: %s", index, e)
             if from_log:
-                led.mark_applied(index)
+                self.ledger.mark_applied(index)
             return False
+        return self.apply_prepared(index, block, txs, from_log)
+
+    def prepare_fetched(self, data: bytes) -> asyncio.Future:
+        """`_prepare_fetched` in a checker thread (several blocks' may run at once)."""
+        return asyncio.get_running_loop().run_in_executor(self.checker, self._prepare_fetched, data)
+
+    def apply_prepared(self, index: int, block: Block, txs: list[Tx], from_log: bool = True) -> bool:
+        """The rest of `apply_block`, for a block decoded and checked by `_prepare`."""
+        led = self.ledger
         t0 = time.monotonic()
         try:
             out = led.apply_block(block, txs, index, from_log=from_log)

@@ -13,7 +13,8 @@ from typing import Callable
 import msgpack
 
 from crmledger.consensus import Snapshot
-from crmledger.ledger.block import BlockError, decode_block
+from crmledger.ledger.block import BlockError
+from crmledger.ledger.tx import TxError
 from crmledger.node.applier import Applier
 from crmledger.node.peers import PeerLinks
 from crmledger.node.wire import WireError
@@ -79,9 +80,25 @@ class BlockSync:
         if fut is not None and not fut.done() and type(body.get("blocks")) is list:
             fut.set_result(body["blocks"])
 
+    def _ask(self, peer: str, lo: int, hi: int) -> tuple[int, asyncio.Future]:
+        rid = next(self.request_ids)
+        fut = asyncio.get_running_loop().create_future()
+        self.requests[rid] = fut
+        self.peers.send(peer, "get_blocks", {"id": rid, "from": lo, "to": hi})
+        return lo, fut
+
+    async def _answer(self, asked: tuple[int, asyncio.Future]) -> tuple[int, list]:
+        lo, fut = asked
+        try:
+            return lo, await asyncio.wait_for(fut, 5)
+        except asyncio.TimeoutError:
+            return lo, []
+
     async def catch_up(self, snap: Snapshot) -> int:
         """Fetch and apply the blocks up to the snapshot's height, asking the leader first,
-        then each other peer in turn; returns that height."""
+        then each other peer in turn; returns that height. The next answer is asked for
+        while one is applied, and an answer's blocks are decoded and their signatures
+        checked in the checker threads, several at once, ahead of applying them in order."""
         target = snapshot_info(snap)
         led = self.ledger
         leader = self.leader()
@@ -89,28 +106,31 @@ class BlockSync:
         delay = 0.05
         if led.height < target.height:
             log.info("catching up from height %d to %d by block transfer", led.height, target.height)
+        asked = None
         while led.height < target.height:
-            peer = next(sources)
-            if peer is None or peer not in self.peers.peers:
-                continue
-            rid = next(self.request_ids)
-            fut = asyncio.get_running_loop().create_future()
-            self.requests[rid] = fut
-            self.peers.send(peer, "get_blocks", {"id": rid, "from": led.height + 1, "to": target.height})
+            if asked is None or asked[0] != led.height + 1:
+                peer = next(sources)
+                if peer is None or peer not in self.peers.peers:
+                    continue
+                asked = self._ask(peer, led.height + 1, target.height)
+            lo, blocks = await self._answer(asked)
+            blocks = [b for b in blocks if type(b) is bytes]
+            asked = None
+            if blocks and lo + len(blocks) <= target.height:   # the next answer is on its way meanwhile
+                asked = self._ask(peer, lo + len(blocks), target.height)
+            prepared = [self.applier.prepare_fetched(data) for data in blocks]
             try:
-                blocks = await asyncio.wait_for(fut, 5)
-            except asyncio.TimeoutError:
-                self.requests.pop(rid, None)
-                blocks = []
-            for data in blocks:
-                if type(data) is not bytes:
-                    break
-                try:
-                    index = decode_block(data).header.index
-                except BlockError:
-                    break
-                if not await self.applier.apply_block(index, data, from_log=False):
-                    break   # it did not extend our chain: ask elsewhere
+                for fut in prepared:
+                    try:
+                        block, txs = await fut
+                    except (BlockError, TxError):
+                        break
+                    if not self.applier.apply_prepared(block.header.index, block, txs, from_log=False):
+                        break   # it did not extend our chain: ask elsewhere
+                    await asyncio.sleep(0)   # the loop serves the API and the links in between
+            finally:
+                for fut in prepared:
+                    fut.cancel()
             if not blocks:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 1.0)

@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     bi.add_argument("--rows", type=int, default=100_000)
     bi.add_argument("--runs", type=int, default=3)
     bi.add_argument("--batch", type=int, default=500)
+    bk = sub.add_parser("bench-catchup", help="a long chain on a local cluster: figures at its end, a node "
+                        "rejoining after it, a node restarted with it")
+    bk.add_argument("--txs", type=int, default=1_000_000, help="transactions committed while one node is away")
+    bk.add_argument("--runs", type=int, default=3, help="runs of each load on the empty and the long chain")
     s = sub.add_parser("bench-store", help="benchmark the durable store and verify on a long chain")
     s.add_argument("--transactions", type=int, default=1_000_000)
     s.add_argument("--block", type=int, default=500, help="transactions per block")
@@ -96,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
             run_import_bench(a.rows, a.runs, a.batch)
         except (RuntimeError, OSError, TimeoutError) as e:
             print(f"bench-import: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if a.cmd == "bench-catchup":
+        from crmledger.node.bench.catchup import run as run_catchup
+        try:
+            run_catchup(a.txs, a.runs)
+        except (RuntimeError, OSError, TimeoutError, ValueError) as e:
+            print(f"bench-catchup: {e}", file=sys.stderr)
             return 1
         return 0
     if a.cmd == "bench-store":
