@@ -166,6 +166,8 @@ def _check_fields(obj: dict, spec: dict[str, Check], where: str) -> None:
         why = check(obj[name])
         if why:
             raise _malformed(f"{where}.{name} {why}")
+    if len(obj) == len(spec):   # every field of spec is there: nothing else is
+        return
     extra = set(obj) - set(spec)
     if extra:
         raise _malformed(f"{where}: unknown field(s) {', '.join(sorted(map(str, extra)))}")

@@ -120,11 +120,10 @@ async def submit(request: web.Request) -> web.Response:
     if wait is None:
         return web.json_response(out, status=202)
     t0 = time.monotonic()
-    fut = node.wait_commit(parsed.tx_id)
-    rec = node.tx_record(parsed.tx_id)   # it may have committed meanwhile
-    if rec is None:
-        rec = await _wait(fut, timeout)
-        stage("reply", time.monotonic() - node.applier.applied_at)
+    # admitted just now, with no await since: it is in the mempool, and the block that
+    # commits it takes it out and sets this future in one step (no lookup needed)
+    rec = await _wait(node.wait_commit(parsed.tx_id), timeout)
+    stage("reply", time.monotonic() - node.applier.applied_at)
     node.metrics.commit_latency.observe(time.monotonic() - t0)
     return web.json_response(_committed(parsed.tx_id, rec.height, rec.code))
 
