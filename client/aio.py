@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import secrets
 import time
 from typing import Any, AsyncIterator
@@ -84,7 +85,9 @@ class AsyncClient:
                     if r.status in (429, 503) and retry is not None and retry.isdigit():
                         tries += 1
                         last = ApiError(r.status, out or {})
-                        await asyncio.sleep(min(int(retry), MAX_RETRY_WAIT_S))
+                        # at least as long as asked, spread so that clients refused together
+                        # do not all come back together
+                        await asyncio.sleep(min(int(retry), MAX_RETRY_WAIT_S) * random.uniform(1.0, 1.5))
                         if r.status == 503:
                             at += 1   # another node may do better
                         continue

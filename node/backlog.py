@@ -12,7 +12,7 @@ WINDOW_S = 0.5   # the commit rate is re-measured over windows of at least this 
 class Backlog:
     def __init__(self, max_queue_ms: int, floor: int) -> None:
         self.max_queue_s = max_queue_ms / 1000
-        self.floor = floor           # always room for this many (two full blocks)
+        self.floor = floor           # always room for this many (a full block)
         self.rate = 0.0              # committed transactions per second, smoothed
         self._window: tuple[float, int] | None = None   # (started at, committed since)
 
@@ -32,6 +32,3 @@ class Backlog:
     def limit(self) -> int:
         """The most transactions that may wait for a block now."""
         return max(self.floor, int(self.rate * self.max_queue_s))
-
-    def full(self, pending: int) -> bool:
-        return pending >= self.limit()

@@ -32,7 +32,7 @@ class BlockConfig:
 class MempoolConfig:
     max_txs: int = 50_000
     gossip_ms: int = 2
-    max_queue_ms: int = 500   # past what the cluster commits in this long, submissions get 503
+    max_queue_ms: int = 400   # past what the cluster commits in this long, submissions get 503
 
 
 @dataclass(frozen=True, slots=True)

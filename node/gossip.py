@@ -40,6 +40,7 @@ class Gossip:
         self.out_since = 0.0          # the sum of the times the transactions in `out` came
         self.has_out = asyncio.Event()
         self.incoming: asyncio.Queue[tuple[float, list]] = asyncio.Queue(QUEUED_FRAMES)
+        self.queued_txs = 0           # in frames from peers not checked yet
 
     # -- out -----------------------------------------------------------------------------
     def send_later(self, tx: Tx) -> None:
@@ -67,6 +68,7 @@ class Gossip:
         """A peer's frame of transactions (from the peer links' reader)."""
         try:
             self.incoming.put_nowait((time.monotonic(), envs[:MAX_FRAME_TXS]))
+            self.queued_txs += len(envs[:MAX_FRAME_TXS])
         except asyncio.QueueFull:
             self.metrics.mempool_full_drops.inc(len(envs))
 
@@ -78,6 +80,8 @@ class Gossip:
             except Exception:   # a peer's frame must never take the node down
                 log.exception("dropping a gossiped frame")
                 self.metrics.peer_frames_rejected.inc()
+            finally:
+                self.queued_txs -= len(envs)
 
     async def take(self, envs: list, came: float | None = None) -> None:
         if len(envs) <= INLINE_TXS:   # a few: cheaper here than a trip to a thread

@@ -80,7 +80,9 @@ class Node:
         self.accepting = True
         self.metrics = Metrics(cfg.node_id)
         self.mempool = Mempool(cfg.mempool.max_txs)
-        self.backlog = Backlog(cfg.mempool.max_queue_ms, 2 * cfg.blocks.max_txs)
+        self.backlog = Backlog(cfg.mempool.max_queue_ms, cfg.blocks.max_txs)
+        self.checking = 0   # transactions of batches being decoded and checked
+        self._applied = asyncio.Event()   # set and replaced at each block applied
         self.admission = Admission(self.genesis, cfg.limits)
         self.reader = Reader(cfg.data_dir / "ledger.db", self.genesis, cfg.limits.read_workers,
                              cfg.limits.read_queue)
@@ -148,6 +150,18 @@ class Node:
         self._added()
         return Admitted.PENDING
 
+    async def block_applied(self, timeout: float) -> None:
+        """Return when the next block is applied, or after `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._applied.wait(), max(0.0, timeout))
+        except asyncio.TimeoutError:
+            pass
+
+    def waiting(self) -> int:
+        """Transactions this node holds that are not committed: in the mempool, in
+        batches being checked, and in peers' frames not checked yet."""
+        return len(self.mempool) + self.checking + self.gossip.queued_txs
+
     def rejected(self, reason: str) -> None:
         """Count a transaction refused at the door."""
         self.metrics.tx_rejected.labels(reason=reason).inc()
@@ -169,6 +183,8 @@ class Node:
 
     def _after_block(self, block, txs: list[Tx], out) -> None:
         self.backlog.committed(len(txs), time.monotonic())
+        self._applied.set()
+        self._applied = asyncio.Event()
         self.private.committed(txs, [r.code for r in out.results], out.events)
         for ev in out.events:
             if ev["type"] == "erasure":

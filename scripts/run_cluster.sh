@@ -24,9 +24,26 @@ ensure_venv() {
 
 node_count() { ls "$CLUSTER_DIR"/node*.toml 2>/dev/null | wc -l; }
 
+proc_alive() {  # is process $1 alive? (a zombie is not: kill -0 alone would say it is)
+    local state
+    state=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    case "$state" in ""|Z|X|x) return 1 ;; *) return 0 ;; esac
+}
+
+is_node() {  # is process $1 alive and node $2 of this cluster (not a program that reuses its PID)?
+    proc_alive "$1" || return 1
+    local args=()
+    mapfile -d '' -t args <"/proc/$1/cmdline" 2>/dev/null || return 1
+    local n=${#args[@]}
+    [ "$n" -ge 2 ] && [ "${args[n-2]}" = "--config" ] || return 1
+    local cfg=${args[n-1]}
+    [[ "$cfg" = /* ]] || cfg="$(readlink "/proc/$1/cwd")/$cfg"
+    [ "$(readlink -f "$cfg")" = "$(readlink -f "$CLUSTER_DIR/node$2.toml")" ]
+}
+
 running() {  # is node $1 running?
     local pidf="$CLUSTER_DIR/node$1.pid"
-    [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null
+    [ -f "$pidf" ] && is_node "$(cat "$pidf")" "$1"
 }
 
 start() {
@@ -60,12 +77,12 @@ stop() {
     local pids=()
     for pidf in "$CLUSTER_DIR"/node*.pid; do
         [ -f "$pidf" ] || continue
-        local pid; pid=$(cat "$pidf")
-        if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; pids+=("$pid"); fi
+        local pid i; pid=$(cat "$pidf"); i=${pidf##*/node}; i=${i%.pid}
+        if is_node "$pid" "$i"; then kill -TERM "$pid"; pids+=("$pid"); fi
     done
     for pid in "${pids[@]}"; do
-        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then echo "node $pid did not stop in 15 s: killing it" >&2; kill -KILL "$pid"; fi
+        for _ in $(seq 1 150); do proc_alive "$pid" || break; sleep 0.1; done
+        if proc_alive "$pid"; then echo "node $pid did not stop in 15 s: killing it" >&2; kill -KILL "$pid"; fi
     done
     rm -f "$CLUSTER_DIR"/node*.pid
     echo "stopped ${#pids[@]} node(s)"

@@ -22,6 +22,7 @@ def test_start_status_restart_missing_and_stop(tmp_path):
     env = {**os.environ, "CLUSTER_DIR": str(tmp_path / "cl"), "VENV": str(Path(sys.executable).parent.parent),
            "BASE_PORT": str(base)}
     cl = tmp_path / "cl"
+    stranger = subprocess.Popen(["true"])
     try:
         out = _run(env, "start")
         assert out.returncode == 0, out.stderr
@@ -29,15 +30,30 @@ def test_start_status_restart_missing_and_stop(tmp_path):
         for f in ("genesis.json", "keys/org1.pem", "node1.toml", "node3.pid", "node2.log"):
             assert (cl / f).exists(), f
         pids = {i: int((cl / f"node{i}.pid").read_text()) for i in (1, 2, 3)}
+        # kill -9, then start at once, as an operator would: the dead node may still be a
+        # zombie (kill -0 says it is there); it is started again all the same
         os.kill(pids[2], signal.SIGKILL)
-        wait_for(lambda: subprocess.run(["kill", "-0", str(pids[2])]).returncode != 0, 10, "node 2 to die")
         out = _run(env, "start")
         assert out.returncode == 0, out.stderr
         new = {i: int((cl / f"node{i}.pid").read_text()) for i in (1, 2, 3)}
         assert new[1] == pids[1] and new[3] == pids[3] and new[2] != pids[2]   # only the missing one
         st = _run(env, "status")
         assert st.returncode == 0 and st.stdout.count("127.0.0.1:") == 3
+        # a node's PID now used by another program: that program is neither the node nor stopped
+        os.kill(pids[3], signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{pids[3]}").exists() or
+                 Path(f"/proc/{pids[3]}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10, "node 3 to die")
+        stranger = subprocess.Popen(["sleep", "120"])
+        (cl / "node3.pid").write_text(f"{stranger.pid}\n")
+        out = _run(env, "start")
+        assert out.returncode == 0, out.stderr
+        assert int((cl / "node3.pid").read_text()) != stranger.pid
     finally:
         out = _run(env, "stop")
-    assert out.returncode == 0 and "stopped 3" in out.stdout
-    assert not list(cl.glob("*.pid"))
+    try:
+        assert out.returncode == 0 and "stopped 3" in out.stdout
+        assert not list(cl.glob("*.pid"))
+        assert stranger.poll() is None, "stop must not signal a program that is not a node"
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -96,7 +97,9 @@ async def _drive(urls: list[str], items: list[bytes], concurrency: int, path: st
                         retry = r.headers.get("Retry-After")
                         if r.status in (429, 503) and retry is not None and retry.isdigit():
                             shed[0] += 1
-                            await asyncio.sleep(min(int(retry), 1))
+                            # at least as long as asked, spread so that the clients refused
+                            # together do not all come back together
+                            await asyncio.sleep(min(int(retry), 1) * random.uniform(1.0, 1.5))
                             continue
                         if r.status >= 500 and r.status != 504:
                             raise RuntimeError(f"{url}{path}: HTTP {r.status}")
