@@ -532,6 +532,24 @@ class Raft:
         else:
             self.maybe_send_append(to)
 
+    def leader_down(self, nid: int) -> None:
+        """The transport saw its link to `nid` end at once (the connection was closed or
+        reset: the process is gone, not merely silent). If `nid` is the leader this
+        follower follows, its lease is no longer honoured here, and rather than wait out
+        the election timeout this node campaigns (with pre-vote, so a leader that is in
+        fact alive and heard by the others is not disrupted): the first of the remaining
+        voters by id at once, the next one two ticks later (unless a leader has been
+        heard from by then), and so on, so that they do not split the vote. Silence (a partition, a stopped process) still waits for the timeout."""
+        if self.state != StateType.FOLLOWER or nid == NONE or nid != self.lead or self.id not in self.conf.voters:
+            return
+        self.lead = NONE
+        rank = sorted(v for v in self.conf.voters if v != nid).index(self.id)
+        if rank == 0:
+            self.election_elapsed = 0
+            self.hup()
+        else:
+            self.election_elapsed = max(self.election_elapsed, self.randomized_election_timeout - 1 - rank)
+
     def report_unreachable(self, nid: int) -> None:
         pr = self.prs.get(nid)
         if self.state == StateType.LEADER and pr is not None and pr.state == ProgressState.REPLICATE:

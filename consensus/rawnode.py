@@ -157,6 +157,11 @@ class RawNode:
         self._not_in_ready()
         self.raft.transfer_leader(to)
 
+    def report_leader_down(self, nid: int) -> None:
+        """The link to `nid` ended at once (see Raft.leader_down)."""
+        self._not_in_ready()
+        self.raft.leader_down(nid)
+
     def report_unreachable(self, nid: int) -> None:
         self.raft.report_unreachable(nid)
 

@@ -29,6 +29,12 @@ class TransferTo:
     raft_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class LeaderDown:
+    """The link from this Raft id, the leader, ended at once."""
+    raft_id: int
+
+
 class Wake:
     """Look again: a block may be due."""
 
@@ -37,7 +43,7 @@ class Stop:
     """Finish the round and return."""
 
 
-InboxItem = Message | TransferTo | type[Wake] | type[Stop]
+InboxItem = Message | TransferTo | LeaderDown | type[Wake] | type[Stop]
 
 
 class Inbox:
@@ -100,6 +106,8 @@ class RaftDriver:
                         self.raw.transfer_leadership(item.raft_id)
                     except (NotLeader, ProposalDropped):
                         pass
+                elif isinstance(item, LeaderDown):
+                    self.raw.report_leader_down(item.raft_id)
                 elif item is Stop:
                     self.stopped = True
             now = loop.time()

@@ -48,6 +48,13 @@ class Gossip:
         self.out_since += time.monotonic()
         self.has_out.set()
 
+    def resend_to(self, peer: str) -> None:
+        """The link to `peer` is up again: what it may have missed while it was down (every
+        transaction in the mempool) goes to it, so that a leader it becomes lacks none."""
+        held = [tx.encode() for tx in self.mempool.txs.values()]
+        for i in range(0, len(held), FRAME_TXS):
+            self.peers.send(peer, "txs", held[i:i + FRAME_TXS])
+
     async def run_out(self) -> None:
         last = 0.0
         while True:

@@ -21,6 +21,7 @@ from crmledger.node.wire import WireError, frame, read_frame
 
 log = logging.getLogger("crmledger.peers")
 Handler = Callable[[str, str, object], None]
+Lost = Callable[[str], None]
 
 
 def _context(server: bool, cert: str, key: str, genesis: Genesis) -> ssl.SSLContext:
@@ -75,19 +76,26 @@ class _Outbox:
 
 class PeerLinks:
     def __init__(self, me: NodeInfo, genesis: Genesis, cert: str, key: str, on_frame: Handler,
-                 queue_size: int = 8192, queue_bytes: int = 64 << 20) -> None:
+                 queue_size: int = 8192, queue_bytes: int = 64 << 20, on_lost: Lost | None = None,
+                 on_up: Lost | None = None) -> None:
         self.me = me
         self.genesis = genesis
         self.on_frame = on_frame
+        self.on_lost = on_lost   # told when a peer's established link ends at once (closed or reset)
+        self.on_up = on_up       # told when the link to a peer is up (what it missed may be sent again)
         self.server_ctx = _context(True, cert, key, genesis)
         self.client_ctx = _context(False, cert, key, genesis)
         self.by_fingerprint = {n.tls_cert_sha256: n for n in genesis.nodes.values() if n.tls_cert_sha256}
         self.peers = {nid: n for nid, n in genesis.nodes.items() if nid != me.node_id}
         self.outboxes = {nid: _Outbox(queue_size, queue_bytes) for nid in self.peers}
         self.connected: dict[str, bool] = {nid: False for nid in self.peers}
+        # set when a peer connects to us: it is up, so the dialer backing off from it
+        # tries again at once
+        self._seen: dict[str, asyncio.Event] = {nid: asyncio.Event() for nid in self.peers}
         self.counters: Counter[str] = Counter()
         self._server: asyncio.base_events.Server | None = None
         self._inbound: set[asyncio.StreamWriter] = set()
+        self._closing = False
 
     # -- sending --------------------------------------------------------------------------
     def send(self, node_id: str, kind: str, body) -> None:
@@ -120,6 +128,8 @@ class PeerLinks:
                 self.connected[node_id] = True
                 box.link(True)
                 delay = 0.05
+                if self.on_up is not None:
+                    self.on_up(node_id)
                 while True:
                     while box.q:
                         writer.write(box.pop())
@@ -138,7 +148,12 @@ class PeerLinks:
                 box.link(False)
                 if writer is not None:
                     writer.close()
-            await asyncio.sleep(delay)
+            seen = self._seen[node_id]
+            seen.clear()
+            try:
+                await asyncio.wait_for(seen.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
             delay = min(delay * 2, 2.0)
 
     # -- receiving ------------------------------------------------------------------------
@@ -150,6 +165,7 @@ class PeerLinks:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._inbound.add(writer)
+        peer = None
         try:
             peer = self.by_fingerprint.get(_peer_fingerprint(writer) or "")
             if peer is None or peer.node_id == self.me.node_id:
@@ -160,11 +176,15 @@ class PeerLinks:
                     or body.get("genesis") != self.genesis.hash:
                 self.counters["peer_refused_bad_hello"] += 1
                 return
+            self._seen[peer.node_id].set()
             while True:
                 kind, body = await read_frame(reader)
                 self.on_frame(peer.node_id, kind, body)
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
-            pass
+            # the peer's end was closed or reset: its process is gone (a stopped process
+            # or a cut link says nothing, and is left to the Raft timeouts)
+            if peer is not None and self.on_lost is not None and not self._closing:
+                self.on_lost(peer.node_id)
         except WireError as e:
             self.counters["frames_malformed"] += 1
             log.warning("dropping a peer link: %s", e)
@@ -173,6 +193,7 @@ class PeerLinks:
             writer.close()
 
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for w in list(self._inbound):

@@ -27,7 +27,7 @@ from crmledger.node.admission import Admission, Refused
 from crmledger.node.applier import Applier
 from crmledger.node.blocksync import BlockSync
 from crmledger.node.config import NodeConfig
-from crmledger.node.driver import Inbox, RaftDriver, Stop, TransferTo, Wake
+from crmledger.node.driver import Inbox, LeaderDown, RaftDriver, Stop, TransferTo, Wake
 from crmledger.node.gossip import Gossip
 from crmledger.node.backlog import Backlog
 from crmledger.node.mempool import Mempool, MempoolFull
@@ -87,7 +87,8 @@ class Node:
         self.reader = Reader(cfg.data_dir / "ledger.db", self.genesis, cfg.limits.read_workers,
                              cfg.limits.read_queue)
         self.checker = Workers("checker", 2, 64)   # decodes and checks large batches, gossip and blocks
-        self.peers = PeerLinks(me, self.genesis, str(cfg.tls_cert), str(cfg.node_key), self._on_frame)
+        self.peers = PeerLinks(me, self.genesis, str(cfg.tls_cert), str(cfg.node_key), self._on_frame,
+                               on_lost=self._on_link_lost, on_up=lambda peer: self.gossip.resend_to(peer))
         self.inbox = Inbox()
         self.applier = Applier(self.raw, self.dd.ledger, self.dd.raft.initial_state()[1], self.mempool,
                                self.checker.pool, self.metrics)
@@ -249,6 +250,14 @@ class Node:
         peer = self.by_raft_id.get(m.to)
         if peer is not None:
             self.peers.send(peer, "raft", message_to_wire(m))
+
+    def _on_link_lost(self, peer: str) -> None:
+        """A peer's link ended at once: if it led, the driver tells the Raft core (which
+        may then campaign without waiting for the election timeout)."""
+        raft_id = next((r for r, n in self.by_raft_id.items() if n == peer), None)
+        if raft_id is not None and raft_id == self.raw.leader_id:
+            log.info("the link from the leader %s ended: it is gone", peer)
+            self.inbox.put(LeaderDown(raft_id))
 
     def _on_frame(self, peer: str, kind: str, body) -> None:
         """A frame from an authenticated peer. Raises WireError for one that breaks the

@@ -76,6 +76,10 @@ def test_kill_9_of_the_leader(cluster):
     new = cluster.wait_leader()
     assert new != old
     others = [i for i in (1, 2, 3) if i != old]
+    # its connections ended at once: the followers knew it was gone without waiting for
+    # the election timeout, and the first of them by id campaigned
+    for i in others:
+        assert f"the link from the leader node{old} ended" in (cluster.dir / f"node{i}.log").read_text()
     for k in range(3):
         status, body = cluster.register(others[k % 2], f"b{k}")
         assert status == 200 and body["code"] == "valid"
@@ -190,6 +194,8 @@ def test_sigstop_of_the_leader_then_sigcont(cluster):
         new = wait_for(lambda: next((i for i in cluster.procs if i != old and cluster.status(i)["role"] == "leader"),
                                     None), 20, "a leader among the others")
         assert cluster.register(new, "while-frozen")[0] == 200
+        for i in cluster.procs:   # a stopped process ends no connection: the timeout applied
+            assert "the link from the leader" not in (cluster.dir / f"node{i}.log").read_text()
     finally:
         os.kill(pid, signal.SIGCONT)
     # the old leader wakes up in an old term: it steps down and catches up

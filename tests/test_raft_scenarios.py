@@ -64,6 +64,67 @@ def test_reelection_after_leader_failure():
     assert c.raw(old).raft.lead == c.leader()
 
 
+def _report_down(c: Cluster, nid: int, dead: int) -> None:
+    c.raw(nid).report_leader_down(dead)
+    c.handle_ready(nid)
+
+
+def test_a_leader_whose_links_break_is_replaced_without_waiting_for_the_timeout():
+    """The leader's process dies: its connections end at once, both followers are told,
+    and a new leader is elected with no tick at all (pre-vote, then vote)."""
+    c = elected(3, leader=2)
+    term = c.raw(1).raft.term
+    c.crash(2)
+    for nid in (1, 3):
+        _report_down(c, nid, 2)
+    c.deliver_all()
+    assert c.leader() == 1 and c.raw(1).raft.term == term + 1   # the first remaining voter by id
+    commit_everywhere(c, b"after the failover", ids=[1, 3])
+
+
+def test_the_next_voter_campaigns_a_tick_later_when_the_first_cannot():
+    c = elected(3, leader=1)
+    c.crash(1)
+    c.crash(2)   # the first remaining voter is gone too: node 3 does not wait the timeout
+    _report_down(c, 3, 1)
+    c.deliver_all()
+    assert role(c, 3) == StateType.FOLLOWER and c.raw(3).raft.lead == 0
+    c.start(2)
+    c.tick(3, 2)
+    c.deliver_all()
+    assert c.leader() == 3
+
+
+def test_a_broken_link_to_a_live_leader_does_not_disrupt_it():
+    """Only one follower sees the link end (the leader is alive and heard by the other):
+    its pre-vote is refused within the other's lease, and the leader stays."""
+    c = elected(3, leader=1)
+    term = c.raw(1).raft.term
+    _report_down(c, 2, 1)
+    c.deliver_all()
+    assert c.leader() == 1 and c.raw(1).raft.term == term
+    c.run_for(5)
+    assert c.leader() == 1 and c.raw(2).raft.lead == 1 and c.raw(1).raft.term == term
+
+
+def test_silence_still_waits_for_the_election_timeout():
+    """A partitioned or stopped leader ends no connection: nothing is reported, and the
+    followers elect a new leader only once the timeout has passed."""
+    c = elected(3, leader=1)
+    c.isolate(1)
+    c.run_for(ELECTION - 1)
+    assert all(c.raw(i).raft.lead == 1 for i in (2, 3))
+    assert c.run_until(lambda: c.leader() in (2, 3), 4 * ELECTION)
+
+
+def test_a_report_about_a_node_that_is_not_the_leader_changes_nothing():
+    c = elected(3, leader=1)
+    _report_down(c, 2, 3)
+    assert c.raw(2).raft.lead == 1 and role(c, 2) == StateType.FOLLOWER
+    _report_down(c, 1, 2)   # the leader itself
+    assert role(c, 1) == StateType.LEADER
+
+
 def test_many_elections():
     c = Cluster(5, seed=3)
     rng = random.Random(3)

@@ -140,3 +140,10 @@ class LocalCluster:
 
     def converged(self) -> bool:
         return len(set(self.heads().values())) == 1
+
+    def wait_for_converged(self, timeout: float = 30.0) -> None:
+        wait_for(lambda: len(self.procs) == self.n and self.converged(), timeout, "every node at the same head")
+
+    def config(self, i: int):
+        from crmledger.node.config import load_config
+        return load_config(self.dir / f"node{i}.toml")

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
                         "rejoining after it, a node restarted with it")
     bk.add_argument("--txs", type=int, default=1_000_000, help="transactions committed while one node is away")
     bk.add_argument("--runs", type=int, default=3, help="runs of each load on the empty and the long chain")
+    bf = sub.add_parser("bench-failover", help="from a leader's failure to the first new commit, on a local cluster")
+    bf.add_argument("--kills", type=int, default=20, help="times the leader is killed (SIGKILL)")
+    bf.add_argument("--stops", type=int, default=3, help="times the leader is stopped (SIGSTOP), for contrast")
     s = sub.add_parser("bench-store", help="benchmark the durable store and verify on a long chain")
     s.add_argument("--transactions", type=int, default=1_000_000)
     s.add_argument("--block", type=int, default=500, help="transactions per block")
@@ -108,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
             run_catchup(a.txs, a.runs)
         except (RuntimeError, OSError, TimeoutError, ValueError) as e:
             print(f"bench-catchup: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if a.cmd == "bench-failover":
+        from crmledger.node.bench.failover import run as run_failover
+        try:
+            run_failover(a.kills, a.stops)
+        except (RuntimeError, OSError, TimeoutError, ValueError) as e:
+            print(f"bench-failover: {e}", file=sys.stderr)
             return 1
         return 0
     if a.cmd == "bench-store":
