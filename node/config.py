@@ -71,6 +71,33 @@ class NodeConfig:
     api_tls_key: Path | None = None
 
 
+def read_private_key(path: Path) -> bytes:
+    """A private key file's bytes. Refused, as ssh refuses an unprotected key file, when
+    its group or anyone else may read or write it."""
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read this private key: {e.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{path}: this private key may be read by others (mode {mode & 0o777:04o}); "
+                          f"make it private: chmod 600 {path}")
+    return data
+
+
+def load_signing_key(path: str | Path):
+    """The Ed25519 key of a PEM file (a node's, an org admin's, a customer's), read as
+    `read_private_key` reads it; a ConfigError naming the file otherwise."""
+    from crmledger.ledger.keys import SigningKey
+    path = Path(path)
+    try:
+        return SigningKey.from_pem(read_private_key(path))
+    except ConfigError:
+        raise
+    except ValueError:
+        raise ConfigError(f"{path}: not an Ed25519 private key in PEM form") from None
+
+
 _MAY_BE_ZERO = {"max_wait_ms"}  # 0: cut a block as soon as the previous one is applied
 
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from crmledger.node.api import make_app
 from crmledger.node.httpguard import GuardedRunner
-from crmledger.node.config import ConfigError, load_config
+from crmledger.node.config import ConfigError, load_config, read_private_key
 from crmledger.ledger.genesis import GenesisError
 from crmledger.node.runtime import Node, NodeError
 
@@ -45,6 +45,7 @@ def _time_gc(metrics) -> None:
 def _api_tls(cfg) -> ssl.SSLContext | None:
     if cfg.api_tls_cert is None:
         return None
+    read_private_key(cfg.api_tls_key)   # refused when others may read it
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cfg.api_tls_cert, cfg.api_tls_key)

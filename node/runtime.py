@@ -21,12 +21,11 @@ from typing import AsyncIterator
 
 from crmledger.consensus import Config, HardState, Message, RawNode, StateType, bootstrap_snapshot
 from crmledger.ledger.genesis import load_genesis
-from crmledger.ledger.keys import SigningKey
 from crmledger.ledger.tx import Tx
 from crmledger.node.admission import Admission, Refused
 from crmledger.node.applier import Applier
 from crmledger.node.blocksync import BlockSync
-from crmledger.node.config import NodeConfig
+from crmledger.node.config import NodeConfig, load_signing_key
 from crmledger.node.driver import Inbox, LeaderDown, RaftDriver, Stop, TransferTo, Wake
 from crmledger.node.gossip import Gossip
 from crmledger.node.backlog import Backlog
@@ -65,7 +64,7 @@ class Node:
         if me is None:
             raise NodeError(f"node_id {cfg.node_id!r} is not a node of the genesis")
         self.me = me
-        self.key = SigningKey.from_pem(cfg.node_key.read_bytes())
+        self.key = load_signing_key(cfg.node_key)
         if self.key.public_hex != me.pubkey:
             raise NodeError(f"{cfg.node_key} is not the key the genesis names for {cfg.node_id}")
         self.dd = open_data_dir(cfg.data_dir, self.genesis)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from crmledger.ledger.keys import SigningKey
+from crmledger.node.bench.localcluster import free_ports
+from crmledger.node.ops.cluster_init import init_cluster
 from crmledger.node.ops.tlscerts import make_certificate
 from crmledger.node.wire import frame
 from crmledger.node.ops.verify import verify
@@ -131,12 +133,37 @@ def test_a_peer_not_in_the_genesis_is_refused(cluster, tmp_path):
     assert cluster.register(2, "still-works")[0] == 200
 
 
+def _start_node(config) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "node", "--config", str(config)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+
+
 def test_bad_config_is_one_line_not_a_traceback(tmp_path):
     f = tmp_path / "n.toml"
     f.write_text('node_id = "x"\n')
-    out = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "node", "--config", str(f)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30)
+    out = _start_node(f)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "missing key" in out.stderr
+
+
+def test_a_key_file_missing_malformed_or_readable_by_others_is_one_line_naming_it(tmp_path):
+    d = init_cluster(tmp_path / "c", 1, base_port=free_ports([1, 101]))
+    key = d / "keys" / "node1.pem"
+    good = key.read_bytes()
+    key.chmod(0o644)   # as a copy or an unpacked archive may leave it: refused, as ssh does
+    out = _start_node(d / "node1.toml")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and str(key) in out.stderr
+    assert "may be read by others (mode 0644)" in out.stderr and f"chmod 600 {key}" in out.stderr
+    key.chmod(0o600)
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    out = _start_node(d / "node1.toml")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and str(key) in out.stderr
+    assert "not an Ed25519 private key" in out.stderr
+    key.unlink()
+    out = _start_node(d / "node1.toml")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and str(key) in out.stderr
+    assert "cannot read this private key" in out.stderr
+    key.write_bytes(good)
+    key.chmod(0o600)
 
 
 def test_a_node_down_across_a_snapshot_catches_up_by_block_transfer(tmp_path):

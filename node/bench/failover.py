@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from crmledger.node.bench.cluster import Progress, _pct, _pre_sign
-from crmledger.node.bench.localcluster import LocalCluster, wait_for
+from crmledger.node.bench.localcluster import LocalCluster
 
 
 def _first_commit(c: LocalCluster, nodes: list[int], envs, since: float, limit: float = 30.0) -> float:
@@ -80,7 +80,7 @@ def run(kills: int = 20, stops: int = 3, out=sys.stdout) -> dict:
             c.stop_all()
     prog.close()
     ms = [x * 1000 for x in killed]
-    print(f"3 local nodes; from the leader's failure to the first commit acknowledged to a client", file=out)
+    print("3 local nodes; from the leader's failure to the first commit acknowledged to a client", file=out)
     print(f"leader killed (SIGKILL) x{kills}: median {statistics.median(ms):,.0f} ms, p90 {_pct(ms, 0.9):,.0f} ms, "
           f"max {max(ms):,.0f} ms (target: median < 500 ms)", file=out)
     print(f"  each: {', '.join(f'{x:,.0f}' for x in ms)}", file=out)

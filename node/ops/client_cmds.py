@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from crmledger.ledger.keys import SigningKey
+from crmledger.node.config import load_signing_key
 from crmledger.ledger.requests import sign_request
 from crmledger.ledger.tx import HASHED, TX_TYPES, private_hash, sign_tx
 from crmledger.storage.datadir import genesis_of
@@ -71,7 +72,7 @@ def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: b
     a fresh salt is drawn, the payload's hash field filled in, and the private part sent
     beside the envelope."""
     try:
-        key = SigningKey.from_pem(Path(key_file).read_bytes())
+        key = load_signing_key(key_file)
         body = json.loads(payload)
         value = None if private is None else (json.loads(private) if type_.startswith("customer.") else private)
     except (OSError, ValueError) as e:
@@ -116,8 +117,8 @@ def _send(cmd: str, node: str, req: urllib.request.Request) -> int:
 def read(node: str, key_file: str, path: str) -> int:
     """A GET signed with a key file (SPEC §4), its answer printed."""
     try:
-        key = SigningKey.from_pem(Path(key_file).read_bytes())
-    except (OSError, ValueError) as e:
+        key = load_signing_key(key_file)
+    except ValueError as e:
         print(f"read: {e}", file=sys.stderr)
         return 2
     if not path.startswith("/"):

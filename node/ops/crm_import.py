@@ -22,6 +22,7 @@ from typing import Iterator
 
 from crmledger.client import ApiError, AsyncClient, Unavailable
 from crmledger.ledger.keys import SigningKey
+from crmledger.node.config import load_signing_key
 from crmledger.ledger.tx import is_ident
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+\Z")
@@ -230,9 +231,9 @@ def run(path: str, fmt: str, org: str, key_file: str, nodes: list[str], mapping:
         reject_file: str | None = None, quiet: bool = False) -> int:
     from tqdm import tqdm
     try:
-        key = SigningKey.from_pem(Path(key_file).read_bytes())
-    except (OSError, ValueError) as e:
-        print(f"import: key {key_file}: {e}", file=sys.stderr)
+        key = load_signing_key(key_file)
+    except ValueError as e:
+        print(f"import: {e}", file=sys.stderr)
         return 2
     if not Path(path).is_file():
         print(f"import: no such file {path}", file=sys.stderr)
