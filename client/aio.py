@@ -43,6 +43,7 @@ class AsyncClient:
         self.org = org
         self.timeout = timeout
         self.current = 0   # the node that answered last is asked first
+        self._last_ts = 0  # of the last signed request: each is signed at a later millisecond
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "AsyncClient":
@@ -61,6 +62,12 @@ class AsyncClient:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
 
+    def _request_ts(self) -> int:
+        """The time to sign a request with: now, or a millisecond after the last one, so
+        that a request retried within the same millisecond is not refused as a replay."""
+        self._last_ts = max(_now_ms(), self._last_ts + 1)
+        return self._last_ts
+
     # -- requests ------------------------------------------------------------------------------
     async def request(self, method: str, path: str, body: Any = None, signed: bool = False) -> Any:
         """The decoded answer of the first node that gives one. A signed request is signed
@@ -75,7 +82,7 @@ class AsyncClient:
             if signed:
                 if self.key is None:
                     raise ValueError("a signed request needs a key")
-                headers.update(sign_request(self.key, method, path, _now_ms()))
+                headers.update(sign_request(self.key, method, path, self._request_ts()))
             data = None if body is None else json.dumps(body).encode()
             try:
                 async with self._http().request(method, url + path, data=data, headers=headers) as r:
