@@ -84,6 +84,7 @@ class Raft:
         self.randomized_election_timeout = cfg.election_tick
         self.lead_transferee = NONE
         self.pending_conf_index = 0
+        self.retry_campaign = False   # see leader_down
         self.dropped: Counter[str] = Counter()
         self.snapshot_timeout = cfg.snapshot_timeout_ticks or 5 * cfg.election_tick
         if not hs.is_empty():
@@ -120,6 +121,7 @@ class Raft:
         self.lead_transferee = NONE
         self.votes = {}
         self.pending_conf_index = 0
+        self.retry_campaign = False
         last = self.log.last_index()
         self.prs = {}
         for nid in self.conf.members():
@@ -221,6 +223,12 @@ class Raft:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
+        if self.retry_campaign and self.state == StateType.PRE_CANDIDATE:
+            # the pre-vote that followed the leader's link ending may have reached the others
+            # before they saw their own links end: ask once more, a tick later
+            self.retry_campaign = False
+            self.hup()
+            return
         if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
             self.hup()
@@ -538,14 +546,17 @@ class Raft:
         follower follows, its lease is no longer honoured here, and rather than wait out
         the election timeout this node campaigns (with pre-vote, so a leader that is in
         fact alive and heard by the others is not disrupted): the first of the remaining
-        voters by id at once, the next one two ticks later (unless a leader has been
-        heard from by then), and so on, so that they do not split the vote. Silence (a partition, a stopped process) still waits for the timeout."""
+        voters by id at once, and once more a tick later if still a pre-candidate (the
+        others may not have seen their links end when first asked); the next one two
+        ticks later (unless a leader has been heard from by then), and so on, so that they
+        do not split the vote. Silence (a partition, a stopped process) still waits for the timeout."""
         if self.state != StateType.FOLLOWER or nid == NONE or nid != self.lead or self.id not in self.conf.voters:
             return
         self.lead = NONE
         rank = sorted(v for v in self.conf.voters if v != nid).index(self.id)
         if rank == 0:
             self.election_elapsed = 0
+            self.retry_campaign = True
             self.hup()
         else:
             self.election_elapsed = max(self.election_elapsed, self.randomized_election_timeout - 1 - rank)

@@ -95,6 +95,19 @@ def test_the_next_voter_campaigns_a_tick_later_when_the_first_cannot():
     assert c.leader() == 3
 
 
+def test_the_first_voter_asks_again_a_tick_later_when_the_other_had_not_yet_seen_the_break():
+    c = elected(3, leader=1)
+    term = c.raw(2).raft.term
+    c.crash(1)
+    _report_down(c, 2, 1)
+    c.deliver_all()                       # node 3 still honours the dead leader's lease
+    assert role(c, 2) == StateType.PRE_CANDIDATE and c.raw(2).raft.term == term
+    _report_down(c, 3, 1)                 # then it sees its own link end
+    c.tick(2)                             # a tick later node 2 asks again, before node 3 would campaign
+    c.deliver_all()
+    assert c.leader() == 2 and c.raw(2).raft.term == term + 1
+
+
 def test_a_broken_link_to_a_live_leader_does_not_disrupt_it():
     """Only one follower sees the link end (the leader is alive and heard by the other):
     its pre-vote is refused within the other's lease, and the leader stays."""
