@@ -73,9 +73,10 @@ class Gossip:
     # -- in ------------------------------------------------------------------------------
     def received(self, envs: list) -> None:
         """A peer's frame of transactions (from the peer links' reader)."""
+        envs = envs[:MAX_FRAME_TXS]
         try:
-            self.incoming.put_nowait((time.monotonic(), envs[:MAX_FRAME_TXS]))
-            self.queued_txs += len(envs[:MAX_FRAME_TXS])
+            self.incoming.put_nowait((time.monotonic(), envs))
+            self.queued_txs += len(envs)
         except asyncio.QueueFull:
             self.metrics.mempool_full_drops.inc(len(envs))
 

@@ -253,8 +253,8 @@ class Node:
     def _on_link_lost(self, peer: str) -> None:
         """A peer's link ended at once: if it led, the driver tells the Raft core (which
         may then campaign without waiting for the election timeout)."""
-        raft_id = next((r for r, n in self.by_raft_id.items() if n == peer), None)
-        if raft_id is not None and raft_id == self.raw.leader_id:
+        raft_id = self.genesis.nodes[peer].raft_id
+        if raft_id == self.raw.leader_id:
             log.info("the link from the leader %s ended: it is gone", peer)
             self.inbox.put(LeaderDown(raft_id))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 
@@ -87,38 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--data-dir", required=True, help="the node's data directory")
     v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
     a = ap.parse_args(argv)
-    if a.cmd == "bench":
-        from crmledger.node.bench.cluster import run as run_bench
-        if a.runs <= 0 or a.scale <= 0:
-            ap.error("--runs and --scale must be positive")
+    if a.cmd == "bench" and (a.runs <= 0 or a.scale <= 0):
+        ap.error("--runs and --scale must be positive")
+    benches = {"bench": ("cluster", lambda: (a.reference, a.runs, a.scale)),   # the local-cluster benches
+               "bench-import": ("importbench", lambda: (a.rows, a.runs, a.batch)),
+               "bench-catchup": ("catchup", lambda: (a.txs, a.runs)),
+               "bench-failover": ("failover", lambda: (a.kills, a.stops))}
+    if a.cmd in benches:
+        module, args = benches[a.cmd]
+        run_bench = importlib.import_module(f"crmledger.node.bench.{module}").run
         try:
-            run_bench(a.reference, a.runs, a.scale)
-        except RuntimeError as e:
-            print(f"bench: {e}", file=sys.stderr)
-            return 1
-        return 0
-    if a.cmd == "bench-import":
-        from crmledger.node.bench.importbench import run as run_import_bench
-        try:
-            run_import_bench(a.rows, a.runs, a.batch)
-        except (RuntimeError, OSError, TimeoutError) as e:
-            print(f"bench-import: {e}", file=sys.stderr)
-            return 1
-        return 0
-    if a.cmd == "bench-catchup":
-        from crmledger.node.bench.catchup import run as run_catchup
-        try:
-            run_catchup(a.txs, a.runs)
+            run_bench(*args())
         except (RuntimeError, OSError, TimeoutError, ValueError) as e:
-            print(f"bench-catchup: {e}", file=sys.stderr)
-            return 1
-        return 0
-    if a.cmd == "bench-failover":
-        from crmledger.node.bench.failover import run as run_failover
-        try:
-            run_failover(a.kills, a.stops)
-        except (RuntimeError, OSError, TimeoutError, ValueError) as e:
-            print(f"bench-failover: {e}", file=sys.stderr)
+            print(f"{a.cmd}: {e}", file=sys.stderr)
             return 1
         return 0
     if a.cmd == "bench-store":
