@@ -181,10 +181,15 @@ class Node:
         fut = self.wait_commit(tx_id)
         return self.tx_record(tx_id) or await asyncio.wait_for(fut, timeout)
 
-    def _after_block(self, block, txs: list[Tx], out) -> None:
-        self.backlog.committed(len(txs), time.monotonic())
+    def _block_done(self, txs: int) -> None:
+        """A block of `txs` transactions is applied: the commit rate moves, and
+        submissions held for room look again."""
+        self.backlog.committed(txs, time.monotonic())
         self._applied.set()
         self._applied = asyncio.Event()
+
+    def _after_block(self, block, txs: list[Tx], out) -> None:
+        self._block_done(len(txs))
         self.private.committed(txs, [r.code for r in out.results], out.events)
         for ev in out.events:
             if ev["type"] == "erasure":

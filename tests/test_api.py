@@ -139,6 +139,25 @@ async def test_beyond_what_the_cluster_commits_submissions_are_shed(tmp_path):
         node.close()
 
 
+async def test_a_submission_held_for_room_is_taken_when_a_block_makes_it(tmp_path):
+    node, key = _node(tmp_path, blocks={"max_txs": 2}, mempool={"max_queue_ms": 2000})
+    client = TestClient(TestServer(make_app(node)))   # no driver: blocks are played by hand
+    await client.start_server()
+    try:
+        first = await (await client.post("/v1/tx", json=_env(key, "h0"))).json()
+        assert (await client.post("/v1/tx", json=_env(key, "h1"))).status == 202
+        held = asyncio.create_task(client.post("/v1/tx", json=_env(key, "h2")))   # full: held, up to 1 s
+        await asyncio.sleep(0.05)
+        assert not held.done()
+        node.mempool.remove([first["tx_id"]], time.monotonic())   # a block commits h0
+        node._block_done(1)
+        r = await asyncio.wait_for(held, 5)
+        assert r.status == 202 and len(node.mempool) == 2
+    finally:
+        await client.close()
+        node.close()
+
+
 def test_backlog_follows_the_commit_rate():
     b = Backlog(max_queue_ms=500, floor=10)
     assert b.limit() == 10

@@ -29,3 +29,28 @@ def test_bench_prints_cpu_per_transaction_and_the_stage_table():
     # the entry node's stages are measured for every load
     receive = re.search(r"^HTTP receive and decode +(.*)$", text, re.M)[1].split()
     assert len(receive) == 7 and "-" not in receive
+
+
+def _cli(*args, timeout=600) -> str:
+    out = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_bench_failover_prints_the_time_from_each_failure_to_the_next_commit():
+    text = _cli("bench-failover", "--kills", "2", "--stops", "1")
+    killed = re.search(r"^leader killed \(SIGKILL\) x2: median ([\d,]+) ms.*\n  each: ([\d,]+), ([\d,]+)$", text, re.M)
+    assert killed, text
+    assert re.search(r"^leader stopped \(SIGSTOP\) x1: median [\d,]+ ms", text, re.M), text
+
+
+def test_bench_catchup_prints_both_ends_of_the_chain_the_rejoin_and_the_restart():
+    text = _cli("bench-catchup", "--txs", "1000", "--runs", "1")
+    for mode in ("single", "batch"):
+        row = re.search(rf"^{mode} +([\d,]+) tx/s p99 [\d,]+ ms [\d,]+ µs +([\d,]+) tx/s p99 [\d,]+ ms [\d,]+ µs$",
+                        text, re.M)
+        assert row, (mode, text)
+    assert len(re.findall(r"^node\d memory: \d+ MB on the empty chain, \d+ MB at the end$", text, re.M)) == 2
+    assert re.search(r"^node\d, away during the load, rejoined and served at the head in [\d.]+ s", text, re.M)
+    assert re.search(r"^node\d, restarted with the whole chain, served at the head in [\d.]+ s", text, re.M)

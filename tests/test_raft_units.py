@@ -13,6 +13,7 @@ from crmledger.consensus.log import RaftLog
 from crmledger.consensus.messages import apply_conf_change
 from crmledger.consensus.progress import Progress, ProgressState
 from crmledger.consensus.quorum import VoteResult, committed_index, vote_result
+from tests.raft_kit import honour, make_node
 
 
 def test_committed_index_is_the_majority_match():
@@ -163,3 +164,27 @@ def test_restart_recovers_hard_state():
     st_ = raw.status()
     assert (st_.term, st_.vote, st_.commit, st_.last_index) == (2, 1, 3, 3)
     assert [e.index for e in raw.ready().committed_entries] == [2, 3]
+
+
+def test_a_hard_state_that_only_moves_the_commit_index_needs_no_sync():
+    raw, s = make_node(1, voters=(1,))
+    raw.campaign()
+    rd = raw.ready()
+    assert rd.must_sync and rd.vote_changed   # a new term and vote: durable first
+    honour(raw, s, rd)
+    raw.propose(b"x")
+    rd = raw.ready()
+    assert rd.must_sync and rd.entries        # new entries: durable first
+    honour(raw, s, rd)
+    rd = raw.ready()                           # the single voter commits it: only the commit moves
+    assert rd.hard_state is not None and rd.hard_state.commit == 3 and not rd.entries
+    assert not rd.vote_changed and not rd.must_sync
+
+
+def test_a_commit_index_lost_below_what_was_applied_is_taken_up_to_it_on_restart():
+    s = MemoryStorage.bootstrapped([1, 2, 3])
+    s.append([Entry(2, 2), Entry(2, 3)])
+    s.set_hard_state(HardState(term=2, vote=1, commit=1))   # the commit index was written lazily
+    raw = RawNode(Config(id=1, applied=3), s, random.Random(1))
+    st_ = raw.status()
+    assert (st_.commit, st_.applied) == (3, 3) and not raw.ready().committed_entries

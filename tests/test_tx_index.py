@@ -4,6 +4,7 @@ growth of the filter and a reopen that rebuilds the in-memory part."""
 import hashlib
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -20,6 +21,14 @@ def test_bloom_has_no_false_negatives_and_round_trips(keys):
     assert all(b.might_contain(k) for k in keys)
     again = Bloom.from_bytes(b.to_bytes())
     assert again.count == len(keys) and all(again.might_contain(k) for k in keys)
+
+
+def test_bloom_single_key_check_agrees_with_the_array_check():
+    rng = random.Random(7)
+    b = Bloom.sized(0)
+    b.add_all(rng.getrandbits(64) - 2 ** 63 for _ in range(b.capacity))
+    keys = [rng.getrandbits(64) - 2 ** 63 for _ in range(5_000)]
+    assert [b.might_contain(k) for k in keys] == b.contains(np.array(keys, np.int64)).tolist()
 
 
 def test_bloom_false_positive_rate_at_capacity():
