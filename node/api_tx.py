@@ -204,6 +204,15 @@ async def tx_status(request: web.Request) -> web.Response:
     if len(tx_id) != 64 or any(c not in "0123456789abcdef" for c in tx_id):
         raise ApiError(400, "bad_tx_id", "a tx_id is 64 lowercase hex characters")
     rec = node.tx_record(tx_id)
+    if rec is None:
+        # not committed here: say so only once this node has applied all the leader had
+        # committed (a read index), so that a transaction whose commit was acknowledged
+        # anywhere never reads as unknown on a node left behind; 503 when it cannot tell
+        try:
+            await node.ensure_current(2.0)
+        except NodeError as e:
+            raise ApiError(503, "not_current", f"cannot tell whether it is committed: {e}", 1) from None
+        rec = node.tx_record(tx_id)
     if rec is not None:
         return web.json_response(_committed(tx_id, rec.height, rec.code))
     status = "pending" if tx_id in node.mempool else "unknown"

@@ -63,18 +63,26 @@ def wait_for(cond, timeout: float = 20.0, what: str = "condition", poll: float =
 
 class LocalCluster:
     def __init__(self, folder: Path, n: int = 3, tables: dict | None = None,
-                 service_levels: dict[str, int] | None = None, node_orgs: list[int] | None = None) -> None:
-        self.base = free_ports([i for i in range(1, n + 1)] + [100 + i for i in range(1, n + 1)])
+                 service_levels: dict[str, int] | None = None, node_orgs: list[int] | None = None,
+                 hosts: list[str] | None = None) -> None:
+        """`hosts`: an address for each node (its own host); all on 127.0.0.1 otherwise."""
+        self.hosts = hosts or ["127.0.0.1"] * n
+        self.base = free_ports([i for i in range(1, n + 1)] + [100 + i for i in range(1, n + 1)]) \
+            if hosts is None else 7000
         self.dir = init_cluster(folder, n, base_port=self.base, tables=tables, service_levels=service_levels,
-                                node_orgs=node_orgs)
+                                node_orgs=node_orgs, hosts=hosts)
         self.n = n
         self.procs: dict[int, subprocess.Popen] = {}
+
+    def launcher(self, i: int) -> list[str]:
+        """What node i's command line starts with (how it gets onto its host)."""
+        return []
 
     def start(self, i: int) -> None:
         with open(self.dir / f"node{i}.log", "ab") as log:
             self.procs[i] = subprocess.Popen(
-                [sys.executable, "-m", "crmledger.node.ops.cli", "node", "--config", str(self.dir / f"node{i}.toml")],
-                stdout=log, stderr=log, cwd=self.dir)
+                [*self.launcher(i), sys.executable, "-m", "crmledger.node.ops.cli", "node",
+                 "--config", str(self.dir / f"node{i}.toml")], stdout=log, stderr=log, cwd=self.dir)
 
     def start_all(self, timeout: float = 30.0) -> int:
         for i in range(1, self.n + 1):
@@ -97,7 +105,7 @@ class LocalCluster:
             self.stop(i)
 
     def url(self, i: int, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.base + i}{path}"
+        return f"http://{self.hosts[i - 1]}:{self.base + i}{path}"
 
     def get_text(self, i: int, path: str) -> str:
         with urllib.request.urlopen(self.url(i, path), timeout=5) as r:

@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     bf = sub.add_parser("bench-failover", help="from a leader's failure to the first new commit, on a local cluster")
     bf.add_argument("--kills", type=int, default=20, help="times the leader is killed (SIGKILL)")
     bf.add_argument("--stops", type=int, default=3, help="times the leader is stopped (SIGSTOP), for contrast")
+    cp = sub.add_parser("campaign", help="a seeded random fault schedule against nodes on separate hosts (network "
+                        "namespaces; needs root), under client load; then the history is checked")
+    cp.add_argument("--seed", type=int, default=None, help="the schedule's seed (default: a random one, printed)")
+    cp.add_argument("--nodes", type=int, default=5, choices=range(3, 10), metavar="3..9")
+    cp.add_argument("--minutes", type=float, default=30.0)
+    cp.add_argument("--keep", default=None, help="a folder to keep the nodes' data folders and logs in")
     s = sub.add_parser("bench-store", help="benchmark the durable store and verify on a long chain")
     s.add_argument("--transactions", type=int, default=1_000_000)
     s.add_argument("--block", type=int, default=500, help="transactions per block")
@@ -103,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{a.cmd}: {e}", file=sys.stderr)
             return 1
         return 0
+    if a.cmd == "campaign":
+        from crmledger.node.faults.campaign import main as run_campaign
+        from crmledger.node.faults.netns import NetnsError
+        if a.minutes <= 0:
+            ap.error("--minutes must be positive")
+        try:
+            return run_campaign(a.seed, a.nodes, a.minutes, a.keep)
+        except NetnsError as e:
+            print(f"campaign: {e}", file=sys.stderr)
+            return 1
     if a.cmd == "bench-store":
         from crmledger.node.bench.store import run as run_store
         if a.transactions < a.block or a.block <= 0:

@@ -31,19 +31,23 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 
 def init_cluster(out: str | Path, nodes: int, *, base_port: int = 8000, peer_base_port: int | None = None,
-                 host: str = "127.0.0.1", chain_id: str | None = None,
+                 host: str = "127.0.0.1", hosts: list[str] | None = None, chain_id: str | None = None,
                  tables: dict[str, dict[str, int]] | None = None,
                  service_levels: dict[str, int] | None = None, node_orgs: list[int] | None = None,
                  https: bool = False) -> Path:
     """`node_orgs` names the org of each node (org K for node K when not given); with
     `https`, each node serves its API and pages over HTTPS with a certificate made here
-    (DIR/keys/nodeK-api.crt and .key)."""
+    (DIR/keys/nodeK-api.crt and .key). `hosts` gives each node an address of its own (one
+    host each, as firms deploy); otherwise all listen on `host`."""
     if not 1 <= nodes <= 64:
         raise ValueError("--nodes must be between 1 and 64")
     orgs = node_orgs or list(range(1, nodes + 1))
     if len(orgs) != nodes or not all(type(o) is int and o > 0 for o in orgs):
         raise ValueError("node_orgs names a positive org number for each node")
     peer_base = peer_base_port if peer_base_port is not None else base_port + 100
+    if hosts is not None and len(hosts) != nodes:
+        raise ValueError("hosts names an address for each node")
+    at = hosts or [host] * nodes
     for port in (base_port + nodes, peer_base + nodes):
         if not 0 < port < 65536:
             raise ValueError(f"port {port} is out of range")
@@ -54,20 +58,20 @@ def init_cluster(out: str | Path, nodes: int, *, base_port: int = 8000, peer_bas
                                          "address": f"{i} Consortium Way, Springfield"},
                              "service_levels": dict(service_levels or DEFAULT_SERVICE_LEVELS)}
                  for i in sorted(set(orgs))},
-        "nodes": {f"node{i}": {"raft_id": i, "org": f"org{orgs[i - 1]}", "peer_addr": f"{host}:{peer_base + i}",
-                               "api_addr": f"{host}:{base_port + i}"} for i in range(1, nodes + 1)}}
+        "nodes": {f"node{i}": {"raft_id": i, "org": f"org{orgs[i - 1]}", "peer_addr": f"{at[i - 1]}:{peer_base + i}",
+                               "api_addr": f"{at[i - 1]}:{base_port + i}"} for i in range(1, nodes + 1)}}
     d = _fill(template, out)
     for i in range(1, nodes + 1):
         api_tls = None
         if https:
-            cert, key = make_api_identity(f"node{i}", [host, "localhost"])
+            cert, key = make_api_identity(f"node{i}", [at[i - 1], "localhost"])
             _write(d / "keys" / f"node{i}-api.crt", cert)
             _write(d / "keys" / f"node{i}-api.key", key, private=True)
             api_tls = (f"keys/node{i}-api.crt", f"keys/node{i}-api.key")
         _write(d / f"node{i}.toml", render_config(
             f"node{i}", data_dir=f"node{i}", genesis="genesis.json", node_key=f"keys/node{i}.pem",
-            tls_cert=f"keys/node{i}.crt", api_listen=f"{host}:{base_port + i}",
-            peer_listen=f"{host}:{peer_base + i}", tables=tables, api_tls=api_tls).encode())
+            tls_cert=f"keys/node{i}.crt", api_listen=f"{at[i - 1]}:{base_port + i}",
+            peer_listen=f"{at[i - 1]}:{peer_base + i}", tables=tables, api_tls=api_tls).encode())
     return d
 
 
