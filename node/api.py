@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from crmledger.node.httpguard import GUARD, ConnectionGuard, guard_requests, gua
 from crmledger.node.openapi import OPENAPI
 from crmledger.node.reader import Busy
 from crmledger.node.runtime import Node
+from crmledger.storage.sqlite import is_disk_full
 
 NODE = web.AppKey("node", Node)
 MAX_BODY = 8 << 20
@@ -60,6 +62,11 @@ async def json_errors(request: web.Request, handler):
         return ApiError(503, "busy", "too much heavy work (reads, large batches) at once on this node", 1).response()
     except web.HTTPException as e:
         return ApiError(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason).response()
+    except (sqlite3.Error, OSError) as e:
+        if not is_disk_full(e):
+            raise
+        return ApiError(507, "disk_full", "this node's disk is full: it takes no writes until there is room "
+                        "(send to another node)", 5).response()
 
 
 def path_id(request: web.Request, name: str) -> str:

@@ -19,6 +19,7 @@ from crmledger.node.config import RaftConfig
 from crmledger.node.metrics import Metrics
 from crmledger.node.proposer import BlockProposer
 from crmledger.storage.datadir import DataDir
+from crmledger.storage.sqlite import is_disk_full
 
 log = logging.getLogger("crmledger.node")
 
@@ -44,6 +45,14 @@ class Stop:
 
 
 InboxItem = Message | TransferTo | LeaderDown | type[Wake] | type[Stop]
+
+
+class StopWhileFull(Exception):
+    """Told to stop while a write waited for room on the disk."""
+
+
+async def _now(fn, *args, **kw):
+    return fn(*args, **kw)
 
 
 class Inbox:
@@ -83,6 +92,7 @@ class RaftDriver:
         self.metrics = metrics
         self.snapshot_height = snapshot_info(dd.raft.snapshot()).height
         self.stopped = False
+        self.disk_full = False   # a write is waiting for room on the disk
 
     async def run(self) -> None:
         snap = self.dd.raft.snapshot()
@@ -119,8 +129,11 @@ class RaftDriver:
             if now >= next_tick:
                 next_tick = now + tick
             self.proposer.maybe_propose()
-            await self._handle_readies()
-            self._maybe_snapshot()
+            try:
+                await self._handle_readies()
+                await self._written(_now, self._maybe_snapshot)
+            except StopWhileFull:
+                return
 
     async def _handle_readies(self) -> None:
         while self.raw.has_ready():
@@ -131,10 +144,10 @@ class RaftDriver:
                 self.send(m)
             if rd.must_sync:
                 t = time.perf_counter()
-                await asyncio.to_thread(self.dd.raft.save, rd.hard_state, rd.entries, rd.snapshot)
+                await self._written(asyncio.to_thread, self.dd.raft.save, rd.hard_state, rd.entries, rd.snapshot)
                 self.metrics.fsync_seconds.observe(time.perf_counter() - t)
             elif rd.hard_state is not None:   # only the commit index moved: no need to wait for the disk
-                self.dd.raft.save(rd.hard_state, (), durable=False)
+                await self._written(_now, self.dd.raft.save, rd.hard_state, (), durable=False)
             if rd.snapshot is not None:
                 # the snapshot is durable: now fetch the blocks it stands for (a crash
                 # before this ends is resumed by `run` on the next start)
@@ -144,8 +157,35 @@ class RaftDriver:
             if rd.committed_entries:
                 for e in rd.committed_entries:
                     self.proposer.committed(e.index)
-                await self.applier.apply(rd.committed_entries)
+                await self._written(self.applier.apply, rd.committed_entries)
             self.raw.advance(rd)
+
+    async def _written(self, run, *args, **kw):
+        """`await run(*args, **kw)`, a write to this node's disk, tried again every second
+        while the disk is full (the Ready it belongs to waits: nothing is sent or
+        acknowledged that is not on disk, and submissions are refused meanwhile); a node
+        told to stop meanwhile stops (raises StopWhileFull)."""
+        while True:
+            try:
+                out = await run(*args, **kw)
+            except Exception as e:
+                if not is_disk_full(e):
+                    raise
+                if not self.disk_full:
+                    log.error("the disk holding %s is full: this node refuses writes until there is room (%s)",
+                              self.dd.path, e)
+                self.disk_full = True
+                for _ in range(10):
+                    # Raft messages that arrive meanwhile are dropped (the protocol sends them again)
+                    if any(item is Stop for item in self.inbox.drain()):
+                        self.stopped = True
+                        raise StopWhileFull() from None
+                    await asyncio.sleep(0.1)
+                continue
+            if self.disk_full:
+                log.warning("there is room on the disk again: this node takes writes again")
+                self.disk_full = False
+            return out
 
     def _maybe_snapshot(self) -> None:
         """Every `snapshot_every_blocks` blocks: record where the ledger is as the Raft

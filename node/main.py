@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import signal
+import sqlite3
 import ssl
 import sys
 import time
@@ -88,6 +89,10 @@ def run(config_path: str) -> int:
         _api_tls(cfg)   # a certificate that cannot be loaded stops the node before it starts
     except (ConfigError, GenesisError, NodeError, ValueError, OSError, ssl.SSLError) as e:
         print(f"crmledger node: {e}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:
+        print(f"crmledger node: the data folder {cfg.data_dir} is damaged ({e}): restore it from a backup, or "
+              f"move it away to have this node fetch the chain from the others again", file=sys.stderr)
         return 2
     import uvloop
     # heavy reads run in threads: let the loop thread, which drives Raft, have the

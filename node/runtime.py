@@ -131,6 +131,10 @@ class Node:
         already). Raises admission.Refused or MempoolFull."""
         if tx.tx_id in self.mempool:
             return Admitted.KNOWN
+        if self.driver.disk_full:
+            self.rejected("disk_full")
+            raise Refused(507, "disk_full", "this node's disk is full: it takes no writes until there is room "
+                          "(send to another node)", 5)
         if committed is None:
             committed = self.dd.ledger.committed_record(tx) is not None
         if committed:

@@ -2,6 +2,7 @@
 transactions (`isolation_level=None`, BEGIN/COMMIT by hand), a chosen sync level."""
 from __future__ import annotations
 
+import errno
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +53,21 @@ def transaction(conn: sqlite3.Connection, durable: bool = False) -> Iterator[sql
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        # a commit that failed (a full disk, an I/O error) may leave the transaction
+        # open: end it, so that the next one starts from what is on disk
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Did a write fail for want of space (SQLite's SQLITE_FULL, or ENOSPC/EDQUOT)?"""
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def select_in(conn: sqlite3.Connection, sql: str, values: Iterable) -> list[tuple]:
