@@ -54,7 +54,14 @@ def run_schedule(seed: int, nodes: int | None = None, durable_dir=None) -> Outco
 
 def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
     rng = random.Random(seed)
-    n = nodes or rng.choice((3, 5))
+    # Half the schedules are of the "Figure 8 (unreliable)" kind: proposals all the time,
+    # leaders crashed a few events after a proposal or after their election (entries of
+    # an earlier term replicated to some followers only, one entry per message), crashed
+    # nodes restarted so that elections keep happening with proposals in flight, long
+    # delays that reorder messages across terms, and nodes that die between sending and
+    # writing
+    fig8 = rng.random() < 0.5
+    n = nodes or (5 if fig8 and rng.random() < 0.9 else rng.choice((3, 5)))
     faults = Faults(
         drop=rng.choice((0.0, 0.01, 0.05, 0.2)),
         duplicate=rng.choice((0.0, 0.0, 0.05)),
@@ -64,8 +71,8 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
     c = Cluster(
         n, seed=rng.getrandbits(32), faults=faults,
         pre_vote=rng.random() < 0.8, check_quorum=rng.random() < 0.8,
-        max_inflight=rng.choice((1, 4, 64)),
-        max_size_per_msg=rng.choice((64, 1 << 16)),
+        max_inflight=rng.choice((1, 1, 4)) if fig8 else rng.choice((1, 4, 64)),
+        max_size_per_msg=1 if fig8 else rng.choice((64, 1 << 16)),
         snapshot_every=rng.choice((0, 4, 16)), snapshot_keep=rng.choice((0, 3)),
         durable_dir=durable_dir,
     )
@@ -74,26 +81,53 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
     chaos_ticks = rng.randint(40, 120)
     p = dict(propose=0.06, crash=0.004, restart=0.02, partition=0.004, heal=0.01,
              conf=0.004 if membership else 0.0, transfer=0.003)
+    if fig8:
+        faults.long_delay = rng.choice((0.1, 0.25))
+        faults.long_delay_max = rng.choice((60, 150))
+        c.crash_after_send = rng.choice((0.0, 0.005, 0.02))
+        chaos_ticks = rng.randint(100, 250)
+        faults.drop = rng.choice((0.0, 0.05, 0.1))
+        p = dict(propose=0.12, crash=0.0, restart=0.04, partition=0.002, heal=0.02, isolate=0.01,
+                 conf=0.002 if membership else 0.0, transfer=0.002)
+    crash_leader: tuple[int, int] | None = None   # (at event, leader) for a Figure 8 crash
+    seen_leader: tuple[int, int] | None = None      # (leader, term) last seen
     next_id = n + 1
     counter = 0
 
-    def propose_at_leader(k: int) -> None:
+    def propose_at_leader(k: int) -> int | None:
         nonlocal counter
         lead = c.leader()
         if lead is None:
-            return
+            return None
         for _ in range(k):
             counter += 1
             try:
                 c.raw(lead).propose(b"v%d" % counter)
             except (NotLeader, ProposalDropped):
-                return
+                return None
         c.handle_ready(lead)
+        return lead
 
     end = c.now + chaos_ticks * Cluster.TICK
     while c.now < end:
         if not c.step_event():
             break
+        if fig8:
+            lead = c.leader()
+            if lead is not None and (lead, c.raw(lead).raft.term) != seen_leader:
+                seen_leader = (lead, c.raw(lead).raft.term)
+                r8 = rng.random()
+                if r8 < 0.4:
+                    c.isolate(lead)   # its own term's first entry stays with it, for a later term to face
+                elif r8 < 0.8 and crash_leader is None:   # it may not get its own term's entry out
+                    crash_leader = (c.events + rng.randint(1, 20), lead)
+            if crash_leader is not None and c.events >= crash_leader[0]:
+                if c.nodes[crash_leader[1]].alive:
+                    c.crash(crash_leader[1])
+                crash_leader = None
+            down = [i for i in c.nodes if not c.nodes[i].alive]
+            if down and len(c.live()) <= len(c.nodes) // 2:
+                c.start(rng.choice(down))   # keep a majority up, so that leaders keep being elected
         r = rng.random()
         for action, prob in p.items():
             if r < prob:
@@ -103,7 +137,9 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
             continue
         live = c.live()
         if action == "propose":
-            propose_at_leader(rng.randint(1, 4))
+            lead = propose_at_leader(rng.randint(1, 4))
+            if fig8 and lead is not None and crash_leader is None and rng.random() < 0.5:
+                crash_leader = (c.events + rng.randint(0, 8), lead)
         elif action == "crash" and live:
             c.crash(rng.choice(live))
         elif action == "restart":
@@ -117,6 +153,10 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
             c.partition(set(ids[:k]), set(ids[k:]))
         elif action == "heal":
             c.heal()
+        elif action == "isolate":
+            lead = c.leader()
+            if lead is not None:
+                c.isolate(lead)   # it goes on leading, alone, with what it has not sent
         elif action == "transfer":
             lead = c.leader()
             if lead is not None:
@@ -144,7 +184,7 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
     # -- heal: reliable network, everyone not removed is up; the cluster must make progress
     c.heal()
     c.faults = Faults()
-    c.crash_in_ready = 0.0
+    c.crash_in_ready = c.crash_after_send = 0.0
     removed = _removed(c)
     for nid, node in c.nodes.items():
         if nid in removed:

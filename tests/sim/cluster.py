@@ -101,6 +101,7 @@ class Cluster:
         self.seen: dict[tuple[int, int], tuple[bytes, int]] = {}  # (index, term) -> (data, prev term)
         self.events = 0
         self.crash_in_ready = 0.0  # probability a node dies with a Ready not yet persisted
+        self.crash_after_send = 0.0  # ... or dies once it sent what may go before the write, not after
         self.stats: Counter[str] = Counter()
         voters = list(range(1, n + 1))
         for nid in voters:
@@ -198,6 +199,9 @@ class Cluster:
             for m in rd.messages:
                 if (m.frm, m.to) not in self.cut and m.to in self.nodes:
                     self._send(m)
+            if self.crash_after_send and self.rng.random() < self.crash_after_send:
+                self.crash(nid)   # what it sent is out; what it had to write is lost
+                return
             self._check_and_persist(node, rd)
             for m in rd.messages_after_write:
                 if (m.frm, m.to) not in self.cut and m.to in self.nodes:
