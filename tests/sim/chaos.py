@@ -78,9 +78,14 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
     )
     c.crash_in_ready = rng.choice((0.0, 0.001))
     membership = rng.random() < 0.4
+    # some membership schedules keep two learners or more beside the voters: their
+    # acknowledgements must never count toward a commit
+    learner_heavy = membership and rng.random() < 0.5
     chaos_ticks = rng.randint(40, 120)
     p = dict(propose=0.06, crash=0.004, restart=0.02, partition=0.004, heal=0.01,
              conf=0.004 if membership else 0.0, transfer=0.003)
+    if learner_heavy:
+        p["conf"], p["partition"] = 0.01, 0.008
     if fig8:
         faults.long_delay = rng.choice((0.1, 0.25))
         faults.long_delay_max = rng.choice((60, 150))
@@ -88,7 +93,7 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
         chaos_ticks = rng.randint(100, 250)
         faults.drop = rng.choice((0.0, 0.05, 0.1))
         p = dict(propose=0.12, crash=0.0, restart=0.04, partition=0.002, heal=0.02, isolate=0.01,
-                 conf=0.002 if membership else 0.0, transfer=0.002)
+                 conf=p["conf"] / 2, transfer=0.002)
     crash_leader: tuple[int, int] | None = None   # (at event, leader) for a Figure 8 crash
     seen_leader: tuple[int, int] | None = None      # (leader, term) last seen
     next_id = n + 1
@@ -150,7 +155,13 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
             ids = list(c.nodes)
             rng.shuffle(ids)
             k = rng.randint(1, len(ids) - 1)
-            c.partition(set(ids[:k]), set(ids[k:]))
+            lead = c.leader()
+            if learner_heavy and lead is not None and rng.random() < 0.5:
+                # the leader and the learners on one side, the other voters on the other
+                side = {lead} | set(c.raw(lead).raft.conf.learners)
+                c.partition(side, set(ids) - side)
+            else:
+                c.partition(set(ids[:k]), set(ids[k:]))
         elif action == "heal":
             c.heal()
         elif action == "isolate":
@@ -171,10 +182,14 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
                 continue
             conf = c.raw(lead).raft.conf
             try:
-                if len(conf.voters) >= 3 and rng.random() < 0.5:
+                if learner_heavy and len(conf.learners) < 2 and len(c.nodes) < 8:
+                    c.add_empty_node(next_id)
+                    c.conf_change(lead, ConfChangeType.ADD_LEARNER, next_id)
+                    next_id += 1
+                elif len(conf.voters) >= 3 and rng.random() < 0.5:
                     c.conf_change(lead, ConfChangeType.REMOVE_NODE, rng.choice(sorted(conf.voters)))
                 elif len(c.nodes) < 8:
-                    kind = ConfChangeType.ADD_NODE if rng.random() < 0.8 else ConfChangeType.ADD_LEARNER
+                    kind = ConfChangeType.ADD_NODE if rng.random() < 0.5 else ConfChangeType.ADD_LEARNER
                     c.add_empty_node(next_id)
                     c.conf_change(lead, kind, next_id)
                     next_id += 1
