@@ -61,6 +61,7 @@ class Campaign(enum.Enum):
 
 
 _VOTE_RESP = {MT.VOTE: MT.VOTE_RESP, MT.PRE_VOTE: MT.PRE_VOTE_RESP}
+MAX_TERM_JUMP = 1 << 20   # a message this many terms ahead of ours is dropped
 
 
 class Raft:
@@ -314,6 +315,16 @@ class Raft:
 
     # -- stepping peer messages ---------------------------------------------------------
     def step(self, m: Message) -> None:
+        if m.term > self.term + MAX_TERM_JUMP:
+            # no peer running this protocol gets that far ahead (pre-vote keeps terms from
+            # running up): a broken or hostile peer, which must not drag the cluster's term
+            self.dropped["term_far_ahead"] += 1
+            return
+        if (m.term == self.term and m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP)
+                and self.lead not in (NONE, m.frm) and self.state == StateType.FOLLOWER):
+            # a second leader in one term cannot be: a peer speaking out of turn
+            self.dropped["leader_out_of_turn"] += 1
+            return
         if m.term > self.term:
             if m.type in (MT.VOTE, MT.PRE_VOTE):
                 force = m.context == CAMPAIGN_TRANSFER

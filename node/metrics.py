@@ -36,6 +36,9 @@ class Metrics:
                                             "gossiped transactions that are malformed or badly signed", registry=r)
         self.peer_events = Gauge("crmledger_peer_events", "peer-link events since start: refused peers, "
                                  "malformed frames, dropped frames, failed dials", ["event"], registry=r)
+        self.raft_dropped = Gauge("crmledger_raft_dropped", "Raft messages the core dropped since start, by reason "
+                                  "(stale terms, a term far ahead, a second leader in one term, ...)", ["reason"],
+                                  registry=r)
         self.leader_gap = Histogram("crmledger_raft_leader_gap_seconds",
                                     "between two Raft messages from the leader, as this follower saw them",
                                     registry=r, buckets=(.05, .1, .2, .3, .5, .75, 1, 2, 5))
@@ -66,7 +69,7 @@ class Metrics:
         count.inc(txs)
 
     def observe_raft(self, status: Status, height: int, mempool: int, links: dict[str, bool],
-                     peer_events: dict[str, int] | None = None) -> None:
+                     peer_events: dict[str, int] | None = None, raft_dropped: dict[str, int] | None = None) -> None:
         for st in StateType:
             self.role.labels(role=st.value).set(1 if status.role == st else 0)
         self.term.set(status.term)
@@ -77,6 +80,8 @@ class Metrics:
             self.peer_up.labels(peer=peer).set(1 if up else 0)
         for event, n in (peer_events or {}).items():
             self.peer_events.labels(event=event).set(n)
+        for reason, n in (raft_dropped or {}).items():
+            self.raft_dropped.labels(reason=reason).set(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -121,7 +121,7 @@ class Node:
     def render_metrics(self) -> bytes:
         """The gauges are read when scraped, not kept up to date on the hot path."""
         self.metrics.observe_raft(self.raw.status(), self.dd.ledger.height, len(self.mempool),
-                                  self.peers.connected, self.peers.counters)
+                                  self.peers.connected, self.peers.counters, self.raw.raft.dropped)
         return self.metrics.render()
 
     # -- transactions in ---------------------------------------------------------------------

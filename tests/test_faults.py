@@ -171,3 +171,87 @@ def test_a_seeded_random_fault_campaign(tmp_path, nodes):
     assert out.ok, f"campaign failed (replay: CRMLEDGER_SEED={seed}, or crmledger campaign --seed {seed} " \
                    f"--nodes {nodes} --minutes 0.67)\n{out.report()}"
     assert out.verdict.acked > 0 and out.faults > 0
+
+
+def _hostile_frames(term: int, me: int, to: int) -> list[tuple[str, bytes]]:
+    """What a broken or hostile peer holding a pinned certificate might send."""
+    import msgpack
+    import struct
+    from crmledger.consensus import Entry, Message, MessageType as MT
+    from crmledger.node.wire import frame, message_to_wire
+    rng = random.Random(7)
+    raw = lambda obj: struct.pack(">I", len(p := msgpack.packb(obj))) + p   # noqa: E731
+    msg = lambda **kw: frame("raft", message_to_wire(Message(frm=me, to=to, **kw)))   # noqa: E731
+    return [
+        ("random bytes", struct.pack(">I", 64) + rng.randbytes(64)),
+        ("truncated frame", struct.pack(">I", 400) + frame("txs", [])[4:20]),
+        ("oversized frame", struct.pack(">I", 1 << 31)),
+        ("wrong version", raw([2, "raft", []])),
+        ("unknown kind", raw([1, "gossip", {}])),
+        ("raft body of the wrong shape", frame("raft", {"type": 10})),
+        ("a term far ahead", msg(type=MT.APP, term=term + (1 << 40), index=0, log_term=0, commit=10 ** 6,
+                                 entries=(Entry(term + (1 << 40), 1, data=b"x"),))),
+        ("a leader out of turn", msg(type=MT.APP, term=term, index=1, log_term=1, commit=10 ** 6,
+                                     entries=(Entry(term, 2, data=b"forged"),))),
+        ("a heartbeat out of turn", msg(type=MT.HEARTBEAT, term=term, commit=10 ** 6)),
+        ("gossip of garbage", frame("txs", [b"\x00" * 10, {"no": "envelope"}])),
+        ("a block request out of range", frame("get_blocks", {"from": -5, "to": 1 << 62})),
+        ("a call to nothing", frame("call", {"id": 1, "method": "format_disk", "args": {}})),
+        ("private data for nobody", frame("private", [[b"x", 1, None]])),
+    ]
+
+
+def test_hostile_frames_from_a_pinned_peer_are_dropped_counted_and_harmless(net):
+    """A peer with a pinned certificate (a follower's, used from another host) sends
+    malformed, truncated, oversized and wrong-version frames, Raft messages from a term
+    far ahead and as a second leader in the current term: the nodes drop and count
+    them, keep committing, and the history and chains check out."""
+    import socket
+    import ssl
+    import urllib.request
+    from crmledger.node.wire import frame
+    from crmledger.storage.datadir import genesis_of
+    c, _ = net
+    leader = c.leader()
+    me = next(i for i in range(1, c.n + 1) if i != leader)   # a follower's identity
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(str(c.dir / "keys" / f"node{me}.crt"), str(c.dir / "keys" / f"node{me}.pem"))
+    hello = frame("hello", {"node_id": f"node{me}", "genesis": genesis_of(c.dir).hash})
+    history = History()
+    t = _load(c, 12, history)
+    try:
+        time.sleep(1)
+        for target in (i for i in range(1, c.n + 1) if i != me):
+            term = c.status(target)["term"]
+            for what, data in _hostile_frames(term, me, target):
+                with socket.create_connection((c.net.addr(target), c.base + 100 + target), timeout=5) as raw:
+                    with ctx.wrap_socket(raw) as tls:
+                        tls.sendall(hello + data)
+                        tls.settimeout(2)
+                        try:
+                            while tls.recv(1024):
+                                pass
+                        except (OSError, ssl.SSLError):
+                            pass
+    finally:
+        t.join()
+    assert all(p.poll() is None for p in c.procs.values()), "a node died of what it was sent"
+    dropped = {}
+    for target in (i for i in range(1, c.n + 1) if i != me):
+        text = urllib.request.urlopen(c.url(target, "/metrics"), timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith(("crmledger_peer_events{", "crmledger_raft_dropped{")):
+                key, value = line.rsplit(" ", 1)
+                dropped[(target, key)] = float(value)
+        assert dropped.get((target, 'crmledger_peer_events{event="frames_malformed"}'), 0) >= 3, dropped
+        assert dropped.get((target, 'crmledger_raft_dropped{reason="term_far_ahead"}'), 0) >= 1, dropped
+    # the out-of-turn append reached a follower (dropped as such) and the leader (which
+    # drops any append in its own term)
+    assert any(k[1] in ('crmledger_raft_dropped{reason="leader_out_of_turn"}',
+                        'crmledger_raft_dropped{reason="unexpected_app_at_leader"}') and v >= 1
+               for k, v in dropped.items()), dropped
+    assert history.acked()
+    assert max(c.status(i)["term"] for i in c.procs) < 1 << 20
+    _check_all(c, history)
