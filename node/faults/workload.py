@@ -11,13 +11,14 @@ import aiohttp
 
 from crmledger.ledger.keys import SigningKey
 from crmledger.ledger.tx import admit, sign_tx
-from crmledger.node.faults.history import History
+from crmledger.node.faults.history import History, Op
 
 WAIT_S = 3.0          # how long a node waits for the commit before answering 504
 CLIENT_TIMEOUT = 6.0  # how long a client waits for any answer
 
 
-async def _write(session: aiohttp.ClientSession, url: str, env: dict, history: History, node: int) -> None:
+async def write(session: aiohttp.ClientSession, url: str, env: dict, history: History, node: int) -> Op:
+    """Send one transaction, waiting for its commit; its operation, recorded and ended."""
     op = history.invoke(admit(env).tx_id, node)
     try:
         async with session.post(f"{url}/v1/tx?wait=commit&timeout={WAIT_S}", json=env,
@@ -35,6 +36,7 @@ async def _write(session: aiohttp.ClientSession, url: str, env: dict, history: H
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
         history.end(op, "unknown", type(e).__name__)
         await asyncio.sleep(0.05)
+    return op
 
 
 async def _writer(k: int, urls: list[str], key: SigningKey, history: History, until: float, max_ops: int,
@@ -45,7 +47,7 @@ async def _writer(k: int, urls: list[str], key: SigningKey, history: History, un
         cid = f"w{k}-{n}-{rng.getrandbits(32):08x}"
         env = sign_tx(key, "customer.register", "org1", cid, int(time.time() * 1000),
                       {"customer_id": cid, "customer_key": None, "profile_hash": "ab" * 32})
-        await _write(session, urls[node], env, history, node + 1)
+        await write(session, urls[node], env, history, node + 1)
         n += 1
 
 

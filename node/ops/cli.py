@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--nodes", type=int, default=5, choices=range(3, 10), metavar="3..9")
     cp.add_argument("--minutes", type=float, default=30.0)
     cp.add_argument("--keep", default=None, help="a folder to keep the nodes' data folders and logs in")
+    sk = sub.add_parser("soak", help="a local 3-node cluster at ~70%% of its maximum for a set time, the leader "
+                        "killed every minute: throughput, p99 and memory per minute, and what was lost")
+    sk.add_argument("--minutes", type=float, default=10.0)
+    sk.add_argument("--kill-every", type=float, default=60.0, help="seconds between two kills of the leader")
+    sk.add_argument("--load", type=float, default=0.7, help="the share of the measured maximum to send")
+    sk.add_argument("--chart", default="soak.png", help="where the PNG chart goes")
     s = sub.add_parser("bench-store", help="benchmark the durable store and verify on a long chain")
     s.add_argument("--transactions", type=int, default=1_000_000)
     s.add_argument("--block", type=int, default=500, help="transactions per block")
@@ -109,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{a.cmd}: {e}", file=sys.stderr)
             return 1
         return 0
+    if a.cmd == "soak":
+        if a.minutes <= 0 or a.kill_every <= 5 or not 0 < a.load <= 1:
+            ap.error("need --minutes > 0, --kill-every > 5 and 0 < --load <= 1")
+        from crmledger.node.faults.soak import run as run_soak
+        try:
+            return run_soak(a.minutes, a.kill_every, a.load, a.chart)
+        except (RuntimeError, OSError, TimeoutError) as e:
+            print(f"soak: {e}", file=sys.stderr)
+            return 1
     if a.cmd == "campaign":
         from crmledger.node.faults.campaign import main as run_campaign
         from crmledger.node.faults.netns import NetnsError
