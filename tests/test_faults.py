@@ -48,8 +48,7 @@ def net(tmp_path, hosts):
         c.start_all(60)
         yield c, nem
     finally:
-        for i in list(nem.stopped):
-            nem.resume(i)
+        nem.close()
         c.stop_all()
 
 
@@ -135,6 +134,28 @@ def test_one_way_loss_from_the_leader_does_not_cause_endless_elections(net):
     t.join()
     assert history.acked(), "the majority that hears the leader stopped committing"
     assert c.leader() == leader and c.status(leader)["term"] == term, "the deaf node's elections deposed the leader"
+    nem.heal()
+    _check_all(c, history)
+
+
+def test_a_delayed_link_slows_commits_and_loses_nothing(net):
+    c, nem = net
+    leader = c.leader()
+    followers = [i for i in range(1, c.n + 1) if i != leader]
+    t0 = time.monotonic()
+    assert c.register(leader, "quick")[0] == 200
+    quick = time.monotonic() - t0
+    for j in followers:   # every acknowledgement reaches the leader 300 ms late
+        nem.delay(j, leader, 300)
+    history = History()
+    t = _load(c, 6, history)
+    t.join()
+    t0 = time.monotonic()
+    status, body = c.register(leader, "slow")
+    slow = time.monotonic() - t0
+    assert status == 200 and body["code"] == "valid"
+    assert slow >= 0.3 > quick, (quick, slow)
+    assert history.acked()
     nem.heal()
     _check_all(c, history)
 

@@ -74,8 +74,8 @@ def schedule(seed: int, nodes: int, seconds: float) -> list[tuple[float, str, tu
         hold = rng.uniform(1.0, 4.0)
         if t + hold > seconds - 2:
             return out
-        kind = rng.choices(["partition", "isolate-leader", "one-way", "one-way-leader", "loss", "kill",
-                            "kill-leader", "pause", "terminate"], [3, 2, 2, 2, 2, 2, 2, 2, 1])[0]
+        kind = rng.choices(["partition", "isolate-leader", "one-way", "one-way-leader", "loss", "delay", "kill",
+                            "kill-leader", "pause", "terminate"], [3, 2, 2, 2, 2, 2, 2, 2, 2, 1])[0]
         if kind == "partition":
             minority = rng.sample(everyone, rng.randint(1, (nodes - 1) // 2))
             args: tuple = (tuple(sorted(minority)),)
@@ -85,6 +85,8 @@ def schedule(seed: int, nodes: int, seconds: float) -> list[tuple[float, str, tu
             args = (rng.choice(everyone),)   # the node cut off from what the leader sends
         elif kind == "loss":
             args = (rng.choice([10, 20, 30]),)
+        elif kind == "delay":
+            args = (*rng.sample(everyone, 2), rng.choice([50, 200, 800]))
         elif kind in ("kill", "pause", "terminate"):
             args = (rng.choice(everyone),)
         else:
@@ -106,6 +108,8 @@ def _apply(nem: Nemesis, c: NetCluster, kind: str, args: tuple) -> None:
         nem.one_way(leader, args[0])
     elif kind == "loss":
         nem.loss(args[0])
+    elif kind == "delay":
+        nem.delay(*args)
     elif kind == "kill" or (kind == "kill-leader" and leader):
         nem.kill(args[0] if kind == "kill" else leader)
     elif kind == "pause":
@@ -156,8 +160,7 @@ def run_campaign(seed: int, nodes: int, seconds: float, folder: Path | None = No
                 converge_s = None
             verdict = check(history, {i: chain_of(c.get, i) for i in range(1, nodes + 1)})
         finally:
-            for i in list(nem.stopped):
-                nem.resume(i)
+            nem.close()
             c.stop_all()
         from crmledger.node.ops.verify import verify
         unverified = [f"node{i}: {rep.reason}" for i in range(1, nodes + 1)

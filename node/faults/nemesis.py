@@ -4,11 +4,16 @@ SIGTERM and restarts. Every fault is logged with its time."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from crmledger.node.bench.localcluster import LocalCluster
 from crmledger.node.faults.netns import Hosts
+from crmledger.node.faults.relay import MARK
+
+RELAY_PORT = 7500   # + the receiving node's number: where a delay relay listens
 
 
 class NetCluster(LocalCluster):
@@ -30,6 +35,7 @@ class Nemesis:
         self.log: list[tuple[float, str]] = []
         self.stopped: set[int] = set()   # SIGSTOPped
         self.down: set[int] = set()      # killed or terminated, to be restarted
+        self.relays: list[subprocess.Popen] = []
 
     def _note(self, what: str) -> None:
         self.log.append((time.monotonic() - self.t0, what))
@@ -68,9 +74,32 @@ class Nemesis:
                             f"numgen random mod 100 < {percent} drop"])
         self._note(f"loss {percent}%")
 
+    def delay(self, frm: int, to: int, ms: float) -> None:
+        """What `frm` sends to `to` arrives `ms` later: frm's connections to to's peer port
+        are steered (nftables, nat) into a relay on frm's host that holds each chunk that
+        long (relay.py); frm's open connections to it are ended, so that it dials again."""
+        port, rport = self.c.base + 100 + to, RELAY_PORT + to
+        relay = subprocess.Popen([*self.net.exec_prefix(frm), sys.executable, "-m", "crmledger.node.faults.relay",
+                                  "--listen", f"{self.net.addr(frm)}:{rport}", "--to", f"{self.net.addr(to)}:{port}",
+                                  "--delay-ms", str(ms)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.relays.append(relay)
+        if relay.stdout.readline().strip() != "ready":
+            raise RuntimeError("the delay relay did not start")
+        self.net.nft(frm, f"add rule ip crlnat out meta mark != {MARK} ip daddr {self.net.addr(to)} tcp dport {port} "
+                          f"dnat to {self.net.addr(frm)}:{rport}\n")
+        subprocess.run([*self.net.exec_prefix(frm), "ss", "-K", "dst", self.net.addr(to), "dport", "=", str(port)],
+                       capture_output=True)
+        self._note(f"delay {frm}->{to} {ms:g} ms")
+
     def heal_network(self) -> None:
         for i in range(1, self.c.n + 1):
             self._rules(i, [])
+            if self.relays:
+                self.net.nft(i, "flush chain ip crlnat out\n")
+        for relay in self.relays:   # the connections through it end with it, and are dialled again
+            relay.terminate()
+            relay.wait()
+        self.relays.clear()
         self._note("heal network")
 
     # -- the processes -------------------------------------------------------------------------
@@ -98,6 +127,15 @@ class Nemesis:
         self.c.start(i)
         self.down.discard(i)
         self._note(f"restart node{i}")
+
+    def close(self) -> None:
+        """Resume what is paused and stop the delay relays (the nodes are the cluster's to stop)."""
+        for i in list(self.stopped):
+            self.resume(i)
+        for relay in self.relays:
+            relay.kill()
+            relay.wait()
+        self.relays.clear()
 
     def heal(self) -> None:
         """Undo every fault: links healed, paused nodes resumed, stopped nodes restarted."""

@@ -127,7 +127,8 @@ class Hosts:
         """The command prefix that runs a program on host i."""
         return ["ip", "netns", "exec", self.ns(i)]
 
-    # the packet filter of host i (table inet crl: chains cut_in, cut_out)
+    # the packet filter of host i (table inet crl: chains cut_in, cut_out; table ip crlnat:
+    # chain out, which steers connections into a delay relay)
     def nft(self, i: int, script: str) -> None:
         _run("ip", "netns", "exec", self.ns(i), "nft", "-f", "-", input_=script)
 
@@ -150,5 +151,8 @@ _BASE_RULES = """
 table inet crl {
     chain cut_in { type filter hook input priority 0; policy accept; }
     chain cut_out { type filter hook output priority 0; policy accept; }
+}
+table ip crlnat {
+    chain out { type nat hook output priority -100; policy accept; }
 }
 """
