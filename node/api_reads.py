@@ -47,10 +47,11 @@ def _block_json(store: LedgerStore, height: int, full: bool) -> dict | None:
     if got is None:
         return None
     header, sig, hash_ = got
-    body = store.block_txs(height)
+    body = store.block_txs(height) if full else []
     out = {"height": header.height, "hash": hash_, "prev_hash": header.prev_hash, "tx_root": header.tx_root,
            "state_root": header.state_root, "timestamp": header.timestamp, "proposer": header.proposer,
-           "term": header.term, "index": header.index, "sig": sig.hex(), "txs": [t.tx_id for t in body]}
+           "term": header.term, "index": header.index, "sig": sig.hex(),
+           "txs": [t.tx_id for t in body] if full else store.block_tx_ids(height)}
     if full:
         # stored envelopes were checked on the way in: unpacked, not checked again
         out["envelopes"] = [msgpack.unpackb(t.envelope, raw=False) for t in body]
@@ -72,7 +73,10 @@ async def block(request: web.Request) -> web.Response:
         height = int(h)
     else:
         raise ApiError(400, "bad_height", "a height is a non-negative integer or 'latest'")
-    out = await node.reader.run(_block_bytes, height, request.query.get("full") in ("1", "true"))
+    full = request.query.get("full") in ("1", "true")
+    # a header and its tx_ids are two indexed lookups: served here, so that they never
+    # wait behind heavy reads; the envelopes of a full block are read by a reader
+    out = await node.reader.run(_block_bytes, height, True) if full else _block_bytes(node.dd.ledger, height, False)
     if out is None:
         raise ApiError(404, "not_found", f"no block at height {height}")
     return web.Response(body=out, content_type="application/json")

@@ -188,6 +188,11 @@ class LedgerReads:
         envs = [body[a:b] for a, b in zip(offsets, offsets[1:])] or [b""] * len(codes)
         return [StoredTx(i.hex(), CODES[c], e) for i, c, e in zip(_cut(ids, 32), codes, envs)]
 
+    def block_tx_ids(self, height: int) -> list[str]:
+        """The tx_ids of a block, in order (without reading its bodies)."""
+        row = self.conn.execute("SELECT ids FROM blocks WHERE height=?", (height,)).fetchone()
+        return [] if row is None else [i.hex() for i in _cut(row[0], 32)]
+
     def index_columns(self, height: int) -> tuple[bytes, bytes] | None:
         """The nonce keys and customers of a block's transactions as stored, from which
         the index is built."""
