@@ -85,9 +85,12 @@ class LocalCluster:
                  "--config", str(self.dir / f"node{i}.toml")], stdout=log, stderr=log, cwd=self.dir)
 
     def start_all(self, timeout: float = 30.0) -> int:
+        """Start every node; return the leader once there is one and every node serves."""
         for i in range(1, self.n + 1):
             self.start(i)
-        return self.wait_leader(timeout)
+        leader = self.wait_leader(timeout)
+        wait_for(lambda: all(self.status(i) for i in self.procs), timeout, "every node to serve")
+        return leader
 
     def stop(self, i: int, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         p = self.procs.pop(i)
