@@ -5,7 +5,7 @@ from .errors import (
 )
 from .messages import (
     NONE, ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message,
-    MessageType, Snapshot, SnapshotMeta,
+    MessageType, ReadState, Snapshot, SnapshotMeta,
 )
 from .raft import Config, StateType
 from .rawnode import RawNode, Ready, SoftState, Status
@@ -14,7 +14,7 @@ from .storage import MemoryStorage, Storage, bootstrap_snapshot
 __all__ = [
     "CompactedError", "NotLeader", "ProposalDropped", "RaftError", "RaftUsageError",
     "SnapshotOutOfDate", "UnavailableError", "NONE", "ConfChange", "ConfChangeType",
-    "ConfState", "Entry", "EntryType", "HardState", "Message", "MessageType", "Snapshot",
+    "ConfState", "Entry", "EntryType", "HardState", "Message", "MessageType", "ReadState", "Snapshot",
     "SnapshotMeta", "Config", "StateType", "RawNode", "Ready", "SoftState", "Status",
     "MemoryStorage", "Storage", "bootstrap_snapshot",
 ]

@@ -134,6 +134,15 @@ class HardState:
 EMPTY_HARD_STATE = HardState()
 
 
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """The answer to a read-index request (`RawNode.read_index`): once the application
+    has applied `index`, a read served from its state reflects every write committed
+    before the request. `index` 0: leadership was lost before a quorum confirmed it."""
+    index: int
+    context: bytes
+
+
 class ConfChangeType(enum.IntEnum):
     ADD_NODE = 0      # join as a learner, promoted to voter once caught up
     ADD_LEARNER = 1   # join as a learner and stay one

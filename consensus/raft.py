@@ -17,7 +17,7 @@ from .errors import CompactedError, NotLeader, ProposalDropped, RaftUsageError
 from .log import RaftLog
 from .messages import (
     CAMPAIGN_TRANSFER, NONE, ConfChange, ConfChangeType, ConfState, Entry, EntryType,
-    HardState, Message, MessageType as MT, Snapshot, apply_conf_change,
+    HardState, Message, MessageType as MT, ReadState, Snapshot, apply_conf_change,
 )
 from .progress import Progress, ProgressState
 from .quorum import VoteResult, committed_index, majority, vote_result
@@ -87,6 +87,10 @@ class Raft:
         self.pending_conf_index = 0
         self.retry_campaign = False   # see leader_down
         self.dropped: Counter[str] = Counter()
+        # read-index requests waiting for a quorum's heartbeat answers: context ->
+        # (commit index when asked, voters that answered), in the order asked
+        self.pending_reads: dict[bytes, tuple[int, set[int]]] = {}
+        self.read_states: list[ReadState] = []   # answered, for the next Ready
         self.snapshot_timeout = cfg.snapshot_timeout_ticks or 5 * cfg.election_tick
         if not hs.is_empty():
             self._load_state(hs)
@@ -123,6 +127,9 @@ class Raft:
         self.votes = {}
         self.pending_conf_index = 0
         self.retry_campaign = False
+        for ctx in self.pending_reads:   # leadership is lost or changed: they cannot be confirmed
+            self.read_states.append(ReadState(0, ctx))
+        self.pending_reads = {}
         last = self.log.last_index()
         self.prs = {}
         for nid in self.conf.members():
@@ -380,6 +387,8 @@ class Raft:
         if m.type == MT.APP_RESP:
             self._handle_append_response(m, pr)
         elif m.type == MT.HEARTBEAT_RESP:
+            if m.context:
+                self._read_acked(m.frm, m.context)
             pr.recent_active = True
             pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and pr.inflights.full():
@@ -481,7 +490,7 @@ class Raft:
             self.dropped["heartbeat_commit_beyond_log"] += 1
         else:
             self.log.commit_to(m.commit)
-        self._send(MT.HEARTBEAT_RESP, m.frm)
+        self._send(MT.HEARTBEAT_RESP, m.frm, context=m.context)
 
     def _handle_snapshot(self, m: Message) -> None:
         assert m.snapshot is not None
@@ -525,6 +534,40 @@ class Raft:
         index = self.propose([cc.encode()], EntryType.CONF_CHANGE)
         self.pending_conf_index = index
         return index
+
+    def read_index(self, ctx: bytes) -> None:
+        """A linearizable read (the dissertation's §6.4, etcd's ReadOnlySafe): note the
+        commit index now and confirm with a round of heartbeats that this node still
+        leads; once a quorum of voters answered, a ReadState(index, ctx) comes out in a
+        Ready. A leader that has not yet committed an entry of its own term does not know
+        the commit index for sure (ProposalDropped: ask again shortly)."""
+        if self.state != StateType.LEADER:
+            raise NotLeader(self.lead)
+        if not isinstance(ctx, bytes) or not ctx or ctx in self.pending_reads:
+            raise RaftUsageError("a read needs a context of its own")
+        if self.log.term(self.log.committed) != self.term:
+            raise ProposalDropped("this leader has not committed an entry of its term yet")
+        self.pending_reads[ctx] = (self.log.committed, set())
+        self._read_acked(self.id, ctx)
+        if ctx not in self.pending_reads:
+            return   # this node alone is a quorum
+        for nid, pr in self.prs.items():
+            if nid != self.id:
+                self._send(MT.HEARTBEAT, nid, commit=min(pr.match, self.log.committed), context=ctx)
+
+    def _read_acked(self, nid: int, ctx: bytes) -> None:
+        read = self.pending_reads.get(ctx)
+        if read is None:
+            return
+        read[1].add(nid)
+        if vote_result(self.conf.voters, dict.fromkeys(read[1], True)) != VoteResult.WON:
+            return
+        # this node led when a quorum answered, so it led when every read asked before was
+        for c in list(self.pending_reads):
+            index, _ = self.pending_reads.pop(c)
+            self.read_states.append(ReadState(index, c))
+            if c == ctx:
+                break
 
     def _maybe_promote_learner(self) -> None:
         if not self.conf.promoting or self.pending_conf_index > self.log.applied or self.lead_transferee:

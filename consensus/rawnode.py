@@ -20,7 +20,7 @@ from typing import Mapping
 from .errors import RaftUsageError
 from .messages import (
     LOCAL_MESSAGES, ConfChange, ConfState, Entry, EntryType, HardState, Message,
-    MessageType as MT, Snapshot,
+    MessageType as MT, ReadState, Snapshot,
 )
 from .raft import Config, Raft, StateType
 
@@ -43,6 +43,7 @@ class Ready:
     messages: tuple[Message, ...]          # to send now: they need nothing written first
     messages_after_write: tuple[Message, ...]   # to send once the write above is durable
     vote_changed: bool = False             # hard_state carries a new term or vote, not only a commit
+    read_states: tuple[ReadState, ...] = ()   # read-index requests answered (see RawNode.read_index)
 
     @property
     def must_sync(self) -> bool:
@@ -72,6 +73,9 @@ class Status:
         return self.role == StateType.LEADER
 
 
+MAX_CONTEXT = 64   # bytes of a message's context (a read's id, a forced campaign)
+
+
 def _check_message(m: Message, self_id: int) -> str | None:
     """Why a peer's message is malformed, or None when it is well formed."""
     if not isinstance(m, Message) or not isinstance(m.type, MT):
@@ -99,6 +103,8 @@ def _check_message(m: Message, self_id: int) -> str | None:
         return "bad_entries"
     if m.type == MT.APP and m.entries and m.log_term > m.entries[0].term:
         return "bad_entries"
+    if not isinstance(m.context, bytes) or len(m.context) > MAX_CONTEXT:
+        return "bad_context"
     if m.type == MT.SNAP:
         s = m.snapshot
         if not isinstance(s, Snapshot) or s.is_empty() or s.term > m.term:
@@ -162,6 +168,13 @@ class RawNode:
         self._not_in_ready()
         self.raft.leader_down(nid)
 
+    def read_index(self, ctx: bytes) -> None:
+        """Ask for a read index under the unique `ctx` (leader only; see Raft.read_index):
+        the answer comes as a ReadState in a later Ready. Raises NotLeader or
+        ProposalDropped."""
+        self._not_in_ready()
+        self.raft.read_index(ctx)
+
     def report_unreachable(self, nid: int) -> None:
         self.raft.report_unreachable(nid)
 
@@ -185,7 +198,7 @@ class RawNode:
 
     def has_ready(self) -> bool:
         r = self.raft
-        return bool(r.msgs or r.log.unstable.entries or r.log.unstable.snapshot is not None
+        return bool(r.msgs or r.read_states or r.log.unstable.entries or r.log.unstable.snapshot is not None
                     or r.log.has_next_committed() or self._soft_state() != self._prev_soft
                     or r.hard_state() != self._prev_hard)
 
@@ -205,8 +218,10 @@ class RawNode:
             messages_after_write=tuple(m for m in r.msgs if m.needs_durability) if len(now) < len(r.msgs) else (),
             vote_changed=hard != self._prev_hard and (hard.term, hard.vote) != (self._prev_hard.term,
                                                                                self._prev_hard.vote),
+            read_states=tuple(r.read_states),
         )
         r.msgs = []
+        r.read_states = []
         self._prev_soft, self._prev_hard = soft, hard
         if committed:
             r.log.applying_to(committed[-1].index)

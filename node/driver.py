@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ class LeaderDown:
     raft_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """Find the read index (leader only): `answer` gets the commit index once a quorum
+    confirmed this node leads, or NotLeader/ProposalDropped."""
+    answer: asyncio.Future
+
+
 class Wake:
     """Look again: a block may be due."""
 
@@ -44,7 +52,7 @@ class Stop:
     """Finish the round and return."""
 
 
-InboxItem = Message | TransferTo | LeaderDown | type[Wake] | type[Stop]
+InboxItem = Message | TransferTo | LeaderDown | ReadIndex | type[Wake] | type[Stop]
 
 
 class StopWhileFull(Exception):
@@ -93,6 +101,7 @@ class RaftDriver:
         self.snapshot_height = snapshot_info(dd.raft.snapshot()).height
         self.stopped = False
         self.disk_full = False   # a write is waiting for room on the disk
+        self.reads: dict[bytes, list[asyncio.Future]] = {}   # read-index rounds in flight
 
     async def run(self) -> None:
         snap = self.dd.raft.snapshot()
@@ -108,9 +117,12 @@ class RaftDriver:
             if due is not None:
                 timeout = min(timeout, due)
             await self.inbox.wait(timeout)
+            reads: list[asyncio.Future] = []
             for item in self.inbox.drain():
                 if isinstance(item, Message):
                     self.raw.step(item)
+                elif isinstance(item, ReadIndex):
+                    reads.append(item.answer)
                 elif isinstance(item, TransferTo):
                     try:
                         self.raw.transfer_leadership(item.raft_id)
@@ -120,6 +132,8 @@ class RaftDriver:
                     self.raw.report_leader_down(item.raft_id)
                 elif item is Stop:
                     self.stopped = True
+            if reads:
+                self._read_index(reads)
             now = loop.time()
             behind = 0
             while now >= next_tick and behind < 5:
@@ -142,6 +156,8 @@ class RaftDriver:
                 self.proposer.on_role_change(rd.soft_state.state)
             for m in rd.messages:
                 self.send(m)
+            for rs in rd.read_states:
+                self._answer_reads(self.reads.pop(rs.context, ()), rs.index)
             if rd.must_sync:
                 t = time.perf_counter()
                 await self._written(asyncio.to_thread, self.dd.raft.save, rd.hard_state, rd.entries, rd.snapshot)
@@ -159,6 +175,28 @@ class RaftDriver:
                     self.proposer.committed(e.index)
                 await self._written(self.applier.apply, rd.committed_entries)
             self.raw.advance(rd)
+
+    def _read_index(self, answers: list[asyncio.Future]) -> None:
+        """One read-index round for every read asked since the last."""
+        ctx = os.urandom(8)
+        try:
+            self.raw.read_index(ctx)
+        except (NotLeader, ProposalDropped) as e:
+            for f in answers:
+                if not f.done():
+                    f.set_exception(e)
+            return
+        self.reads[ctx] = answers
+
+    @staticmethod
+    def _answer_reads(answers, index: int) -> None:
+        for f in answers:
+            if f.done():
+                continue   # its asker gave up
+            if index:
+                f.set_result(index)
+            else:
+                f.set_exception(NotLeader(0))
 
     async def _written(self, run, *args, **kw):
         """`await run(*args, **kw)`, a write to this node's disk, tried again every second

@@ -19,14 +19,16 @@ import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
-from crmledger.consensus import Config, HardState, Message, RawNode, StateType, bootstrap_snapshot
+from crmledger.consensus import (
+    Config, HardState, Message, NotLeader, ProposalDropped, RawNode, StateType, bootstrap_snapshot,
+)
 from crmledger.ledger.genesis import load_genesis
 from crmledger.ledger.tx import Tx
 from crmledger.node.admission import Admission, Refused
 from crmledger.node.applier import Applier
 from crmledger.node.blocksync import BlockSync
 from crmledger.node.config import NodeConfig, load_signing_key
-from crmledger.node.driver import Inbox, LeaderDown, RaftDriver, Stop, TransferTo, Wake
+from crmledger.node.driver import Inbox, LeaderDown, RaftDriver, ReadIndex, Stop, TransferTo, Wake
 from crmledger.node.gossip import Gossip
 from crmledger.node.backlog import Backlog
 from crmledger.node.mempool import Mempool, MempoolFull
@@ -218,25 +220,32 @@ class Node:
                                          "height": ev["height"], "orgs_that_read": readers})
 
     # -- being current ----------------------------------------------------------------------
+    async def read_index(self, timeout: float) -> int:
+        """On the leader: the commit index, once a quorum confirmed that this node still
+        leads (a read index). Raises NotLeader, ProposalDropped or asyncio.TimeoutError."""
+        answer = asyncio.get_running_loop().create_future()
+        self.inbox.put(ReadIndex(answer))
+        return await asyncio.wait_for(answer, timeout)
+
     async def _serve_commit_index(self, peer: str, args: dict) -> dict:
-        st = self.raw.status()
-        if not st.is_leader:
-            raise CallFailed("not_leader", "this node is not the leader")
-        return {"commit": st.commit}
+        try:
+            return {"commit": await self.read_index(1.0)}
+        except (NotLeader, ProposalDropped, asyncio.TimeoutError):
+            raise CallFailed("not_leader", "this node could not confirm that it leads") from None
 
     async def _leader_commit(self, deadline: float) -> int:
-        """The leader's commit index, waiting out an election until `deadline`."""
+        """The read index, from this node if it leads or from the leader, waiting out an
+        election until `deadline`."""
         while True:
-            st = self.raw.status()
-            if st.is_leader:
-                return st.commit
-            leader = self.leader_id()
-            if leader is not None:
-                try:
-                    return (await self.calls.call(leader, "commit_index", {},
-                                                  max(0.1, deadline - time.monotonic())))["commit"]
-                except (CallFailed, KeyError):
-                    pass   # it lost leadership, or the link: ask again
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                if self.raw.status().is_leader:
+                    return await self.read_index(left)
+                leader = self.leader_id()
+                if leader is not None:
+                    return (await self.calls.call(leader, "commit_index", {}, left))["commit"]
+            except (CallFailed, KeyError, NotLeader, ProposalDropped, asyncio.TimeoutError):
+                pass   # it lost leadership, or the link, or has not committed in its term: ask again
             if time.monotonic() > deadline:
                 raise NodeError("no leader answered: the cluster may be electing one")
             await asyncio.sleep(0.02)

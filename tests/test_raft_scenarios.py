@@ -619,6 +619,96 @@ def test_lease_ignores_a_vote_request_while_the_leader_is_alive():
     assert r2.term == term and r2.dropped["vote_in_lease"] == 1
 
 
+# -- linearizable reads: the read index (dissertation §6.4) -----------------------------------
+def _answers(c: Cluster, nid: int, ask) -> list:
+    """The read states node `nid` gives out while `ask()` runs and the network settles."""
+    got = []
+    orig = c._check_reads
+
+    def spy(n, rd):
+        if n == nid:
+            got.extend(rd.read_states)
+        orig(n, rd)
+    c._check_reads = spy
+    try:
+        ask()
+        c.deliver_all()
+    finally:
+        c._check_reads = orig
+    return got
+
+
+def test_a_read_index_is_the_commit_index_once_a_quorum_confirms_the_leader():
+    c = elected(3, leader=1)
+    commit_everywhere(c, b"x")
+    top = c.raw(1).raft.log.committed
+    got = _answers(c, 1, lambda: c.read(1))
+    assert [(r.index, r.context[:4]) for r in got] == [(top, b"read")]
+
+
+def test_reads_asked_together_are_answered_in_order_by_one_quorum():
+    c = elected(3, leader=1)
+    commit_everywhere(c, b"x")
+    ctxs = []
+    got = _answers(c, 1, lambda: ctxs.extend([c.read(1), c.read(1)]))
+    assert [r.context for r in got] == ctxs and all(r.index for r in got)
+
+
+def test_a_leader_cut_off_answers_no_read_and_fails_them_when_it_steps_down():
+    c = elected(3, leader=1)
+    commit_everywhere(c, b"x")
+    c.isolate(1)
+    got = _answers(c, 1, lambda: c.read(1))
+    assert got == [], "no quorum answered: no read index"
+    c.heal()
+    c.cut_link(1, 2)
+    c.cut_link(1, 3)
+    for _ in range(2 * ELECTION):   # check-quorum: it steps down
+        c.tick(1)
+    assert role(c, 1) == StateType.FOLLOWER
+    assert c.stats["reads_failed"] == 1 and c.stats["reads_answered"] == 0
+
+
+def test_a_deposed_leader_does_not_answer_from_its_stale_commit_index():
+    """The old leader, cut off, still believes it leads; the others elect a new leader and
+    commit. A read at the old leader must not be answered (its heartbeat round meets the
+    higher term and it steps down)."""
+    c = elected(3, leader=1, check_quorum=False)
+    commit_everywhere(c, b"x")
+    c.isolate(1)
+    c.campaign(2)
+    assert c.leader() == 2
+    commit_everywhere(c, b"y", ids=[2, 3])
+    c.read(1)
+    c.deliver_all()
+    c.heal()
+    c.tick(1)   # its next heartbeats meet the higher term
+    c.deliver_all()
+    assert c.stats["reads_answered"] == 0 and c.stats["reads_failed"] == 1
+    assert role(c, 1) == StateType.FOLLOWER
+
+
+def test_a_new_leader_takes_no_read_before_it_commits_an_entry_of_its_term():
+    c = elected(3, leader=1, pre_vote=False, check_quorum=False)
+    commit_everywhere(c, b"x")
+    c.isolate(1)
+    c.raw(2).campaign()
+    c.handle_ready(2)
+    c.deliver_all(keep=lambda m: m.type != MT.APP)   # the election, but not its first entry
+    assert role(c, 2) == StateType.LEADER
+    with pytest.raises(ProposalDropped):
+        c.read(2)
+    with pytest.raises(NotLeader):
+        c.read(3)
+
+
+def test_a_single_voter_answers_a_read_at_once():
+    c = Cluster(1, seed=3)
+    c.campaign(1)
+    got = _answers(c, 1, lambda: c.read(1))
+    assert len(got) == 1 and got[0].index == c.raw(1).raft.log.committed
+
+
 # -- bad input from peers: dropped and counted, never raised ---------------------------------------
 def test_malformed_messages_are_dropped_and_counted():
     c = elected(3)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from crmledger.consensus import ConfChangeType, EntryType, NotLeader, ProposalDropped, RaftUsageError
+from crmledger.consensus import ConfChangeType, EntryType, NotLeader, ProposalDropped, RaftUsageError, StateType
 from crmledger.consensus.messages import ConfChange
 
 from .cluster import Cluster, Faults, InvariantViolation
@@ -94,6 +94,9 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
         faults.drop = rng.choice((0.0, 0.05, 0.1))
         p = dict(propose=0.12, crash=0.0, restart=0.04, partition=0.002, heal=0.02, isolate=0.01,
                  conf=p["conf"] / 2, transfer=0.002)
+    # reads go to any node that believes it leads (a deposed leader too), from a random
+    # stream of their own so that the fault schedule stays as it was
+    read_rng = random.Random(seed ^ 0x5EAD)
     crash_leader: tuple[int, int] | None = None   # (at event, leader) for a Figure 8 crash
     seen_leader: tuple[int, int] | None = None      # (leader, term) last seen
     next_id = n + 1
@@ -133,6 +136,13 @@ def _run(seed: int, nodes: int | None, durable_dir) -> Outcome:
             down = [i for i in c.nodes if not c.nodes[i].alive]
             if down and len(c.live()) <= len(c.nodes) // 2:
                 c.start(rng.choice(down))   # keep a majority up, so that leaders keep being elected
+        if read_rng.random() < 0.05:
+            leaders = [i for i in c.live() if c.raw(i).raft.state == StateType.LEADER]
+            if leaders:
+                try:
+                    c.read(read_rng.choice(leaders))
+                except (NotLeader, ProposalDropped):
+                    pass
         r = rng.random()
         for action, prob in p.items():
             if r < prob:

@@ -99,6 +99,7 @@ class Cluster:
         self.commit_marks: list[tuple[int, int]] = []  # (max term seen, max committed index)
         self.leader_of_term: dict[int, int] = {}
         self.seen: dict[tuple[int, int], tuple[bytes, int]] = {}  # (index, term) -> (data, prev term)
+        self.read_marks: dict[bytes, int] = {}   # a read's context -> highest index committed when asked
         self.events = 0
         self.crash_in_ready = 0.0  # probability a node dies with a Ready not yet persisted
         self.crash_after_send = 0.0  # ... or dies once it sent what may go before the write, not after
@@ -196,6 +197,7 @@ class Cluster:
                 self.crash(nid)
                 return
             rd = raw.ready()
+            self._check_reads(nid, rd)
             for m in rd.messages:
                 if (m.frm, m.to) not in self.cut and m.to in self.nodes:
                     self._send(m)
@@ -210,6 +212,33 @@ class Cluster:
             raw.advance(rd)
             self._maybe_snapshot(node)
             self.check_invariants()
+
+    def known_committed(self) -> int:
+        """The highest index known committed anywhere: applied by some node, or in a
+        live node's commit index."""
+        return max([self.max_committed] + [n.raw.raft.log.committed for n in self.nodes.values() if n.raw])
+
+    def read(self, nid: int) -> bytes:
+        """Ask node `nid` for a read index (raises NotLeader, ProposalDropped); its answer
+        is checked against what was committed when it was asked."""
+        self.seq += 1
+        ctx = b"read%d" % self.seq
+        self.raw(nid).read_index(ctx)
+        self.read_marks[ctx] = self.known_committed()
+        self.stats["reads_asked"] += 1
+        self.handle_ready(nid)
+        return ctx
+
+    def _check_reads(self, nid: int, rd: Ready) -> None:
+        for rs in rd.read_states:
+            mark = self.read_marks.pop(rs.context, None)
+            if not rs.index:
+                self.stats["reads_failed"] += 1
+                continue
+            self.stats["reads_answered"] += 1
+            if mark is not None and rs.index < mark:
+                raise InvariantViolation(f"linearizable read: node {nid} answered a read with index "
+                                         f"{rs.index}, but {mark} was committed when it was asked")
 
     def _check_and_persist(self, node: SimNode, rd: Ready) -> None:
         raw = node.raw

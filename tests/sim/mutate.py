@@ -65,6 +65,15 @@ MUTATIONS = [
              "now = tuple(m for m in r.msgs if not m.needs_durability)",
              "now = tuple(r.msgs)",
              "votes and acknowledgements are sent before the write that backs them"),
+    Mutation("read-index-quorum", "safety", "raft.py",
+             "if vote_result(self.conf.voters, dict.fromkeys(read[1], True)) != VoteResult.WON:",
+             "if False:",
+             "a leader answers a read index without a quorum confirming that it still leads"),
+    Mutation("read-index-term", "safety", "raft.py",
+             "        if self.log.term(self.log.committed) != self.term:\n"
+             "            raise ProposalDropped(\"this leader has not committed an entry of its term yet\")\n",
+             "",
+             "a new leader answers a read index before it knows the commit index"),
     Mutation("check-quorum", "liveness", "raft.py",
              "            if self.cfg.check_quorum and not self._quorum_active():\n"
              "                self.become_follower(self.term, NONE)\n"
