@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import msgpack
 
 from .canonical import canonical_bytes
-from .genesis import Genesis
+from .consortium import Consortium
 from .keys import SigningKey, verify
 from .merkle import merkle_root
 from .tx import Tx, TxError, decode_tx, stored_tx
@@ -116,7 +116,7 @@ def make_block(key: SigningKey, *, height: int, prev_hash: str, state_root: str,
     return Block(header, key.sign(header.signing_bytes()), tuple(txs), tuple(tx_ids))
 
 
-def check_block(block: Block, genesis: Genesis, *, prev_hash: str, height: int, state_root: str,
+def check_block(block: Block, consortium: Consortium, *, prev_hash: str, height: int, state_root: str,
                 check_sig: bool = True) -> str | None:
     """Why `block` cannot follow (height - 1, prev_hash) with that state root, or None."""
     h = block.header
@@ -128,9 +128,9 @@ def check_block(block: Block, genesis: Genesis, *, prev_hash: str, height: int, 
         return "state_root differs from the replayed state"
     if h.tx_root != merkle_root(list(block.tx_ids)):
         return "tx_root does not match the transactions"
-    node = genesis.nodes.get(h.proposer)
+    node = consortium.nodes.get(h.proposer)
     if node is None:
-        return f"proposer {h.proposer!r} is not a node of the genesis"
+        return f"proposer {h.proposer!r} is not a node of the consortium"
     if check_sig and not verify(node.pubkey, block.sig, h.signing_bytes()):
         return "proposer signature does not verify"
     return None

@@ -54,18 +54,6 @@ class Genesis:
     raw: Mapping[str, Any]
     org_info: Mapping[str, OrgInfo]         # org -> contact details and service levels
 
-    def genesis_role(self, pubkey: str, org: str) -> str | None:
-        return "admin" if pubkey in self.orgs.get(org, ()) else None
-
-    def is_genesis_admin(self, pubkey: str) -> bool:
-        return any(pubkey in admins for admins in self.orgs.values())
-
-    def node_by_key(self, pubkey: str) -> NodeInfo | None:
-        return next((n for n in self.nodes.values() if n.pubkey == pubkey), None)
-
-    def nodes_of(self, org: str) -> list[NodeInfo]:
-        return [n for n in self.nodes.values() if n.org == org]
-
 
 def _field(obj: Mapping, name: str, kind: type, where: str) -> Any:
     if name not in obj:
@@ -92,14 +80,13 @@ def _org_info(o: dict, where: str) -> OrgInfo:
     return OrgInfo(MappingProxyType(dict(contact)), levels["first_response_ms"], levels["resolution_ms"])
 
 
-def genesis_from_dict(obj: Any) -> Genesis:
-    if type(obj) is not dict:
-        raise GenesisError("genesis must be a JSON object")
-    chain_id = _field(obj, "chain_id", str, "genesis")
-    orgs_in = _field(obj, "orgs", dict, "genesis")
-    nodes_in = _field(obj, "nodes", dict, "genesis")
+def parse_members(orgs_in: Any, nodes_in: Any, where: str = "genesis") -> tuple[dict, dict, dict]:
+    """(orgs -> admin keys, org -> OrgInfo, node id -> NodeInfo) of a genesis's (or a later
+    consortium version's) `orgs` and `nodes` maps; raises GenesisError."""
+    if type(orgs_in) is not dict or type(nodes_in) is not dict:
+        raise GenesisError(f"{where}: 'orgs' and 'nodes' must be maps")
     if not orgs_in or not nodes_in:
-        raise GenesisError("genesis needs at least one org and one node")
+        raise GenesisError(f"{where} needs at least one org and one node")
     orgs: dict[str, frozenset[str]] = {}
     org_info: dict[str, OrgInfo] = {}
     for name, o in orgs_in.items():
@@ -113,29 +100,45 @@ def genesis_from_dict(obj: Any) -> Genesis:
     nodes: dict[str, NodeInfo] = {}
     raft_ids: set[int] = set()
     for nid, n in nodes_in.items():
-        where = f"nodes.{nid}"
-        if not _NAME.match(nid) or type(n) is not dict:
-            raise GenesisError(f"{where}: bad node entry")
-        info = NodeInfo(
-            node_id=nid,
-            raft_id=_field(n, "raft_id", int, where),
-            org=_field(n, "org", str, where),
-            pubkey=_field(n, "pubkey", str, where),
-            peer_addr=_field(n, "peer_addr", str, where),
-            api_addr=_field(n, "api_addr", str, where),
-            tls_cert_sha256=n.get("tls_cert_sha256", ""),
-            tls_cert=n.get("tls_cert", ""),
-        )
-        if type(info.tls_cert_sha256) is not str or type(info.tls_cert) is not str:
-            raise GenesisError(f"{where}: tls_cert and tls_cert_sha256 must be strings")
-        if info.raft_id <= 0 or info.raft_id in raft_ids:
-            raise GenesisError(f"{where}.raft_id must be a unique positive integer")
+        info = parse_node(nid, n)
+        if info.raft_id in raft_ids:
+            raise GenesisError(f"nodes.{nid}.raft_id must be a unique positive integer")
         if info.org not in orgs:
-            raise GenesisError(f"{where}.org {info.org!r} is not an org of the genesis")
-        if not _HEX64.match(info.pubkey):
-            raise GenesisError(f"{where}.pubkey must be a hex Ed25519 key")
+            raise GenesisError(f"nodes.{nid}.org {info.org!r} is not an org of the {where}")
         raft_ids.add(info.raft_id)
         nodes[nid] = info
+    return orgs, org_info, nodes
+
+
+def parse_node(nid: Any, n: Any) -> NodeInfo:
+    where = f"nodes.{nid}"
+    if type(nid) is not str or not _NAME.match(nid) or type(n) is not dict:
+        raise GenesisError(f"{where}: bad node entry")
+    info = NodeInfo(
+        node_id=nid,
+        raft_id=_field(n, "raft_id", int, where),
+        org=_field(n, "org", str, where),
+        pubkey=_field(n, "pubkey", str, where),
+        peer_addr=_field(n, "peer_addr", str, where),
+        api_addr=_field(n, "api_addr", str, where),
+        tls_cert_sha256=n.get("tls_cert_sha256", ""),
+        tls_cert=n.get("tls_cert", ""),
+    )
+    if type(info.tls_cert_sha256) is not str or type(info.tls_cert) is not str:
+        raise GenesisError(f"{where}: tls_cert and tls_cert_sha256 must be strings")
+    if info.raft_id <= 0:
+        raise GenesisError(f"{where}.raft_id must be a unique positive integer")
+    if not _HEX64.match(info.pubkey):
+        raise GenesisError(f"{where}.pubkey must be a hex Ed25519 key")
+    return info
+
+
+def genesis_from_dict(obj: Any) -> Genesis:
+    if type(obj) is not dict:
+        raise GenesisError("genesis must be a JSON object")
+    chain_id = _field(obj, "chain_id", str, "genesis")
+    orgs, org_info, nodes = parse_members(_field(obj, "orgs", dict, "genesis"),
+                                          _field(obj, "nodes", dict, "genesis"))
     try:
         h = hashlib.sha256(b"crmledger/genesis/v1\n" + canonical_bytes(obj)).hexdigest()
     except EncodingError as e:

@@ -9,7 +9,8 @@ from typing import Any, NamedTuple, Protocol
 import msgpack
 
 from .canonical import trusted_canonical_bytes
-from .genesis import Genesis
+from .consortium import Consortium
+from .genesis import DEFAULT_SERVICE_LEVELS, OrgInfo
 from .statekeys import k_consent, k_customer, k_identity
 from .tx import Tx
 
@@ -76,16 +77,16 @@ class Overlay:
 
 @dataclass(slots=True)
 class Ctx:
-    g: Genesis
+    cs: Consortium      # the consortium in force (a governance change takes effect mid-block)
     st: Overlay
     height: int
     ts: int
     events: list[dict]
 
     def role(self, signer: str, org: str) -> str | None:
-        if not org:
+        if not org or org not in self.cs.orgs:
             return None
-        if self.g.genesis_role(signer, org):
+        if self.cs.is_admin_of(signer, org):
             return "admin"
         rec = self.st.get(k_identity(signer))
         if rec is not None and rec["org"] == org:
@@ -102,6 +103,11 @@ class Ctx:
         if c is None or c.get("revoked") is not None or (c["expires_ts"] is not None and c["expires_ts"] <= self.ts):
             return None
         return c
+
+    def service_levels(self, org: str) -> OrgInfo:
+        """The org's service levels (the defaults, for an org no longer a member)."""
+        info = self.cs.org_info.get(org)
+        return info if info is not None else OrgInfo({}, **DEFAULT_SERVICE_LEVELS)
 
     def event(self, type_: str, **fields) -> None:
         self.events.append({"type": type_, "height": self.height, "ts": self.ts, **fields})
@@ -129,6 +135,6 @@ def by_customer(ctx: Ctx, tx: Tx) -> tuple[dict | None, str | None]:
 
 
 def node_org(ctx: Ctx, tx: Tx) -> str | None:
-    """The org of the genesis node that signed `tx` for its own org, if one did."""
-    n = ctx.g.node_by_key(tx.signer)
+    """The org of the consortium's node that signed `tx` for its own org, if one did."""
+    n = ctx.cs.node_by_key(tx.signer)
     return n.org if n is not None and n.org == tx.org else None

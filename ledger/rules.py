@@ -19,6 +19,8 @@ from .genesis import Genesis
 from .rulectx import (  # noqa: F401  (the view, results and outcome are part of this module's interface)
     STALE_MS, VALID, BlockOutcome, Ctx, LedgerView, Overlay, TxResult, by_customer, customer, is_customer,
 )
+from .consortium import CONSORTIUM_KEY, in_force
+from .rules_governance import consortium_propose, consortium_vote
 from .rules_privacy import access_read, privacy_purged
 from .rules_service import (
     escalate, loyalty_issue, loyalty_program, loyalty_redeem, review_post, ticket_open, ticket_update,
@@ -33,6 +35,7 @@ CODES = (
     "ticket_exists", "unknown_ticket", "ticket_closed", "insufficient_balance", "overflow",
     # stored by number: new codes go at the end
     "unknown_program", "program_exists", "review_exists", "ticket_not_resolved", "unknown_cause",
+    "bad_proposal", "unknown_proposal", "proposal_closed", "already_voted",
 )
 
 
@@ -41,7 +44,7 @@ def _identity_register(ctx: Ctx, tx: Tx) -> str:
     p = tx.payload
     if ctx.role(tx.signer, tx.org) != "admin":
         return "forbidden"
-    if ctx.g.is_genesis_admin(p["pubkey"]) or ctx.st.get(k_identity(p["pubkey"])) is not None:
+    if ctx.cs.is_admin(p["pubkey"]) or ctx.st.get(k_identity(p["pubkey"])) is not None:
         return "identity_exists"
     ctx.st.put(k_identity(p["pubkey"]), {"org": tx.org, "role": p["role"], "height": ctx.height})
     return VALID
@@ -79,7 +82,7 @@ def _consent_grant(ctx: Ctx, tx: Tx) -> str:
     _, err = by_customer(ctx, tx)
     if err:
         return err
-    if p["grantee_org"] not in ctx.g.orgs:
+    if p["grantee_org"] not in ctx.cs.orgs:
         return "unknown_org"
     if p["expires_ts"] is not None and p["expires_ts"] <= ctx.ts:
         return "bad_expiry"
@@ -133,6 +136,8 @@ _HANDLERS: dict[str, Callable[[Ctx, Tx], str]] = {
     "loyalty.redeem": loyalty_redeem,
     "access.read": access_read,
     "privacy.purged": privacy_purged,
+    "consortium.propose": consortium_propose,
+    "consortium.vote": consortium_vote,
 }
 
 
@@ -147,7 +152,7 @@ def _subject(ctx: Ctx, tx: Tx) -> str | None:
 def apply_block(genesis: Genesis, view: LedgerView, txs: list[Tx], *, height: int,
                 timestamp: int) -> BlockOutcome:
     st = Overlay(view)
-    ctx = Ctx(genesis, st, height, timestamp, [])
+    ctx = Ctx(in_force(genesis, view.get(CONSORTIUM_KEY)), st, height, timestamp, [])
     escalate(ctx, view.due(timestamp, MAX_ESCALATIONS))
     nonces: set[tuple[str, str]] = set()
     results = []

@@ -14,7 +14,7 @@ def access_read(ctx: Ctx, tx: Tx) -> str:
     that purpose whose scope covers the fields. A refused read stays with its code."""
     p = tx.payload
     req = p["request"]
-    if ctx.g.node_by_key(tx.signer) is None:
+    if ctx.cs.node_by_key(tx.signer) is None:
         return "forbidden"
     asked = parse_profile_read(req["path"])
     if isinstance(asked, str) or asked != (p["customer_id"], p["purpose"], p["fields"]) \

@@ -36,7 +36,7 @@ def ticket_open(ctx: Ctx, tx: Tx) -> str:
         org = tx.org
     else:
         return "forbidden"
-    levels = ctx.g.org_info[org]
+    levels = ctx.service_levels(org)
     t = {"org": org, "customer_id": p["customer_id"], "channel": p["channel"], "status": "open",
          "escalated": [], "deadlines": {}, "review_id": None,
          "timeline": [{"height": ctx.height, "ts": ctx.ts, "status": "open", "note_hash": p["subject_hash"],
@@ -72,7 +72,7 @@ def ticket_update(ctx: Ctx, tx: Tx) -> str:
     if status in ("resolved", "closed"):
         set_deadline(ctx, t, tid, "resolution", None)
     elif status == "open" and "resolution" not in t["deadlines"]:
-        set_deadline(ctx, t, tid, "resolution", ctx.ts + ctx.g.org_info[t["org"]].resolution_ms)
+        set_deadline(ctx, t, tid, "resolution", ctx.ts + ctx.service_levels(t["org"]).resolution_ms)
     ctx.st.put(k_ticket(tid), t)
     return VALID
 
@@ -120,7 +120,7 @@ def loyalty_program(ctx: Ctx, tx: Tx) -> str:
     p = tx.payload
     if ctx.role(tx.signer, tx.org) != "admin":
         return "forbidden"
-    if any(o not in ctx.g.orgs for o in p["partners"]):
+    if any(o not in ctx.cs.orgs for o in p["partners"]):
         return "unknown_org"
     if ctx.st.get(k_program(p["program"])) is not None:
         return "program_exists"

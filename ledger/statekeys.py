@@ -70,6 +70,11 @@ def k_purged(cause: str, node_key: str, kind: str) -> bytes:
     return b"pg/" + cause.encode() + b"\x00" + node_key.encode() + b"\x00" + kind.encode()
 
 
+def k_proposal(proposal_id: str) -> bytes:
+    """A governance proposal, by the tx_id of its `consortium.propose`."""
+    return b"cp/" + proposal_id.encode()
+
+
 def keys_for(tx: Tx) -> list[bytes]:
     """The state keys applying `tx` may read, so that storage can fetch a whole block's
     worth in one query."""
@@ -95,6 +100,8 @@ def keys_for(tx: Tx) -> list[bytes]:
         keys += [k_loyalty(cid, p["program"]), k_program(p["program"])]
     elif t == "access.read":
         keys += [k_identity(p["reader"]), k_consent(cid, p["reader_org"]), k_request(p["request"]["sig"])]
+    elif t == "consortium.vote":
+        keys.append(k_proposal(p["proposal_id"]))
     elif t == "privacy.purged":
         keys += [k_cause(p["cause"]), k_purged(p["cause"], tx.signer, p["kind"])]
     return keys

@@ -11,13 +11,15 @@ from typing import Any, Callable
 import msgpack
 
 from .canonical import EncodingError, canonical, canonical_bytes, unpack_strict
+from .consortium import check_proposal
 from .keys import SigningKey, verify
 
 TX_PREFIX = b"crmledger/tx/v1\n"
 MAX_TX_BYTES = 64 * 1024   # the most any stored or gossiped envelope may take
 # the most each type's signing bytes may take: what its largest legal payload needs, so
 # that no signer can make every node store more than its transaction says
-MAX_BYTES_BY_TYPE = {"consent.grant": 6 * 1024, "access.read": 8 * 1024, "loyalty.program": 10 * 1024}
+MAX_BYTES_BY_TYPE = {"consent.grant": 6 * 1024, "access.read": 8 * 1024, "loyalty.program": 10 * 1024,
+                     "consortium.propose": 16 * 1024}
 MAX_BYTES_DEFAULT = 2 * 1024
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
@@ -141,6 +143,8 @@ PAYLOADS: dict[str, dict[str, Check]] = {
     "access.read": {"customer_id": _ident, "reader": _hex64, "reader_org": _ident, "fields": _fields,
                     "purpose": _one_of(*PURPOSES), "request": _request},
     "privacy.purged": {"customer_id": _ident, "cause": _hex64, "kind": _one_of("profile", "ticket", "review")},
+    "consortium.propose": {"proposal": check_proposal, "deadline_ts": _positive_int},
+    "consortium.vote": {"proposal_id": _hex64},
 }
 TX_TYPES = frozenset(PAYLOADS)
 # the types whose private part travels beside the envelope (SPEC §3): type -> (kind of

@@ -1,8 +1,8 @@
 """Who may write, and how much (checked when a transaction reaches this node, before it
 enters the mempool; the ledger rules still judge it at block time).
 
-- Only members write: the signer is an admin of an org of the genesis, a node of the
-  genesis, an identity registered on the chain, or the registered key of the customer
+- Only members write: the signer is an admin of a member org, a node of the consortium
+  in force, an identity of a member org registered on the chain, or the registered key of the customer
   its transaction is about (sent with org ""). Anyone else is refused at the door
   (HTTP 403), and a peer's gossip of such a transaction is dropped: a stranger's
   transaction is never gossiped, never in a block, never filed under a customer.
@@ -16,7 +16,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from crmledger.node.config import LimitsConfig
-from crmledger.ledger.genesis import Genesis
+from crmledger.ledger.consortium import Consortium
 from crmledger.ledger.statekeys import k_customer, k_identity
 from crmledger.ledger.tx import Tx
 
@@ -30,13 +30,15 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
-def is_member(genesis: Genesis, node_keys: frozenset[str], get: Callable[[bytes], Any], tx: Tx) -> bool:
-    """May this transaction's signer write at all, by the state `get` reads?"""
+def is_member(consortium: Consortium, get: Callable[[bytes], Any], tx: Tx) -> bool:
+    """May this transaction's signer write at all, by the consortium in force and the
+    state `get` reads?"""
     signer = tx.signer
-    if genesis.is_genesis_admin(signer) or signer in node_keys:
+    if consortium.is_admin(signer) or signer in consortium.node_keys():
         return True
-    if get(k_identity(signer)) is not None:
-        return True
+    rec = get(k_identity(signer))
+    if rec is not None:
+        return rec["org"] in consortium.orgs
     cid = tx.payload.get("customer_id")
     if tx.org == "" and type(cid) is str:
         cust = get(k_customer(cid))
@@ -70,15 +72,14 @@ class TokenBuckets:
 
 
 class Admission:
-    def __init__(self, genesis: Genesis, limits: LimitsConfig) -> None:
-        self.genesis = genesis
-        self.node_keys = frozenset(n.pubkey for n in genesis.nodes.values())
+    def __init__(self, consortium: Callable[[], Consortium], limits: LimitsConfig) -> None:
+        self.consortium = consortium   # the one in force now
         self.limits = limits
         self.signers = TokenBuckets(limits.signer_tx_per_s, limits.signer_burst)
         self.clients = TokenBuckets(limits.client_tx_per_s, limits.client_burst)
 
     def member(self, get: Callable[[bytes], Any], tx: Tx) -> bool:
-        return is_member(self.genesis, self.node_keys, get, tx)
+        return is_member(self.consortium(), get, tx)
 
     def check(self, get: Callable[[bytes], Any], tx: Tx, pending_of_signer: int, client: str | None,
               now: float) -> None:

@@ -77,7 +77,7 @@ def _is_customer(req: SignedRequest | None, rec: dict) -> bool:
 def _customer_or_owner(node: Node, req: SignedRequest | None, rec: dict) -> None:
     if req is None:
         raise ApiError(401, "unauthorized", "sign this request with the customer's key or an owner org's key")
-    staff = staff_of(node.genesis, node.dd.ledger.get, req.signer)
+    staff = staff_of(node.consortium, node.dd.ledger.get, req.signer)
     if not (_is_customer(req, rec) or (staff is not None and staff[0] == rec["owner"])):
         raise ApiError(403, "forbidden", "only the customer or the owner org may read this")
 
@@ -108,7 +108,7 @@ async def customer(request: web.Request) -> web.Response:
 async def _audited_read(node: Node, req: SignedRequest, cid: str) -> dict:
     """File the read as an `access.read` entry, and answer with the fields once it is
     committed valid; a refused entry stays on the chain and is answered 403."""
-    staff = staff_of(node.genesis, node.dd.ledger.get, req.signer)
+    staff = staff_of(node.consortium, node.dd.ledger.get, req.signer)
     if staff is None:
         raise ApiError(403, "unknown_signer", "the signer is not an admin or agent of any org")
     asked = parse_profile_read(req.path)
@@ -183,7 +183,7 @@ async def receipt(request: web.Request) -> web.Response:
     c = node.dd.ledger.consents(cid).get(org)
     if c is None:
         raise ApiError(404, "not_found", f"the customer gave no consent to {org}")
-    return web.json_response(consent_receipt(node.genesis, cid, rec, org, c, _now_ms()))
+    return web.json_response(consent_receipt(node.consortium, cid, rec, org, c, _now_ms()))
 
 
 # -- tickets and reviews ------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ async def org_tickets(request: web.Request) -> web.Response:
     node = request.app[NODE]
     org = path_id(request, "org")
     req = _signed(request)
-    staff = None if req is None else staff_of(node.genesis, node.dd.ledger.get, req.signer)
+    staff = None if req is None else staff_of(node.consortium, node.dd.ledger.get, req.signer)
     if staff is None or staff[0] != org:
         raise ApiError(401 if req is None else 403, "forbidden", f"signed by an admin or agent of {org} only")
     found = [{"ticket_id": k[3:].decode(), **t} for k, t in node.dd.ledger.scan(b"ti/") if t["org"] == org]
@@ -228,7 +228,7 @@ async def org_tickets(request: web.Request) -> web.Response:
 async def reviews(request: web.Request) -> web.Response:
     node = request.app[NODE]
     org = path_id(request, "org")
-    if org not in node.genesis.orgs:
+    if org not in node.consortium.orgs:
         raise ApiError(404, "not_found", "no such org")
     led = node.dd.ledger
     out = []
@@ -277,9 +277,9 @@ async def export(request: web.Request) -> web.Response:
         "format": "crmledger-export/v1", "generated_ts": _now_ms(), "customer_id": cid,
         "record": _public(node, cid, rec),
         "profile": None if profile is None else {"salt": profile[0], "profile": profile[1]},
-        "consents": [{**c, "receipt": consent_receipt(node.genesis, cid, rec, c["grantee_org"], c, _now_ms())}
+        "consents": [{**c, "receipt": consent_receipt(node.consortium, cid, rec, c["grantee_org"], c, _now_ms())}
                      for c in _consents(node, cid)],
-        "access": reads_among(node.genesis, history),   # from the trail read above, not read again
+        "access": reads_among(node.consortium, history),   # from the trail read above, not read again
         "tickets": [{"ticket_id": tid, **_with_texts(t, vals),
                      "salts": {h: vals[h][0] for h in _ticket_hashes(t) if h in vals}}
                     for tid, t in tickets.items()],
@@ -298,5 +298,5 @@ async def export(request: web.Request) -> web.Response:
 
 
 def _node_of(node: Node, pubkey: str) -> str | None:
-    n = node.genesis.node_by_key(pubkey)
+    n = node.consortium.node_by_key(pubkey)
     return n.node_id if n is not None else None

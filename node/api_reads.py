@@ -27,15 +27,15 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def nodes(request: web.Request) -> web.Response:
-    """The consortium's nodes as the genesis names them, with their API addresses."""
-    g = request.app[NODE].genesis
+    """The consortium's nodes in force, with their API addresses."""
+    g = request.app[NODE].consortium
     return web.json_response({"nodes": [{"node_id": n.node_id, "org": n.org, "api_addr": n.api_addr}
                                         for n in sorted(g.nodes.values(), key=lambda n: n.raft_id)]})
 
 
 async def orgs(request: web.Request) -> web.Response:
     """The consortium's orgs: contact details and ticket service levels."""
-    g = request.app[NODE].genesis
+    g = request.app[NODE].consortium
     return web.json_response({"orgs": [{"org": o, "contact": dict(i.contact), "service_levels": {
         "first_response_ms": i.first_response_ms, "resolution_ms": i.resolution_ms}} for o, i in sorted(g.org_info.items())]})
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 
-from crmledger.ledger.genesis import Genesis
+from crmledger.ledger.consortium import Consortium
 from crmledger.storage.ledger_reads import seq_of
 from crmledger.storage.ledger_store import LedgerStore
 
@@ -34,18 +34,18 @@ def entries(store: LedgerStore, cid: str, candidates: np.ndarray, types: frozens
 
 def access_log(store: LedgerStore, cid: str, candidates: np.ndarray) -> list[dict]:
     """Every read of the customer's profile filed on the chain, with its outcome."""
-    return reads_among(store.genesis, entries(store, cid, candidates, frozenset({"access.read"})))
+    return reads_among(store.consortium(), entries(store, cid, candidates, frozenset({"access.read"})))
 
 
-def reads_among(genesis: Genesis, decoded: list[dict]) -> list[dict]:
+def reads_among(consortium: Consortium, decoded: list[dict]) -> list[dict]:
     """The access log of decoded trail entries (see `entries`)."""
     return [{"reader_org": e["payload"]["reader_org"], "reader": e["payload"]["reader"],
              "fields": e["payload"]["fields"], "purpose": e["payload"]["purpose"],
              "requested_ts": e["payload"]["request"]["ts"], "time": e["timestamp"], "height": e["height"],
-             "code": e["code"], "tx_id": e["tx_id"], "filed_by": _node_id(genesis, e["signer"])}
+             "code": e["code"], "tx_id": e["tx_id"], "filed_by": _node_id(consortium, e["signer"])}
             for e in decoded if e["type"] == "access.read"]
 
 
-def _node_id(genesis: Genesis, pubkey: str) -> str:
-    n = genesis.node_by_key(pubkey)
+def _node_id(consortium: Consortium, pubkey: str) -> str:
+    n = consortium.node_by_key(pubkey)
     return n.node_id if n is not None else pubkey

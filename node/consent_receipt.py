@@ -3,7 +3,9 @@ built from the `consent.grant` on the chain and the controllers' contact details
 genesis; and the state of a consent at a given time."""
 from __future__ import annotations
 
-from crmledger.ledger.genesis import Genesis
+from typing import Mapping
+
+from crmledger.ledger.consortium import Consortium
 
 VERSION = "KI-CR-v1.1.0"
 JURISDICTION = "EU"   # GDPR: the consent and its receipt follow Art. 7
@@ -18,20 +20,26 @@ def consent_state(c: dict, now_ms: int) -> str:
     return "active"
 
 
-def _controller(genesis: Genesis, org: str, on_behalf: bool) -> dict:
-    contact = genesis.org_info[org].contact
+def _contact(consortium: Consortium, org: str) -> Mapping[str, str]:
+    """An org's contact details (none for an org no longer a member)."""
+    info = consortium.org_info.get(org)
+    return info.contact if info is not None else {}
+
+
+def _controller(consortium: Consortium, org: str, on_behalf: bool) -> dict:
+    contact = _contact(consortium, org)
     return {"piiController": contact.get("name", org), "onBehalf": on_behalf,
             "contact": contact.get("name", org), "address": contact.get("address", ""),
             "email": contact.get("email", ""), "phone": contact.get("phone", ""),
             "piiControllerUrl": contact.get("url", "")}
 
 
-def consent_receipt(genesis: Genesis, cid: str, customer: dict, grantee: str, c: dict, now_ms: int) -> dict:
+def consent_receipt(consortium: Consortium, cid: str, customer: dict, grantee: str, c: dict, now_ms: int) -> dict:
     owner = customer["owner"]
-    controllers = [_controller(genesis, grantee, False)]
+    controllers = [_controller(consortium, grantee, False)]
     if owner != grantee:   # the owner org holds the data and discloses it on the grantee's behalf
-        controllers.append(_controller(genesis, owner, True))
-    url = genesis.org_info[grantee].contact.get("url", "")
+        controllers.append(_controller(consortium, owner, True))
+    url = _contact(consortium, grantee).get("url", "")
     expiry = "until revoked by the customer" if c["expires_ts"] is None else \
         f"at {c['expires_ts']} (Unix ms), or when revoked by the customer before"
     return {

@@ -91,7 +91,7 @@ class Disclosure:
             return True
         if item.kind == "ticket":
             t = led.get(k_ticket(item.ref))
-            staff = staff_of(self.node.genesis, led.get, signer)
+            staff = staff_of(self.node.consortium, led.get, signer)
             return t is not None and staff is not None and staff[0] == t["org"]
         return False
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, NamedTuple
 
 from aiohttp import web
 
-from crmledger.ledger.genesis import Genesis
+from crmledger.ledger.consortium import Consortium
 from crmledger.ledger.requests import REQUEST_WINDOW_MS, request_ok
 from crmledger.ledger.statekeys import k_identity
 
@@ -67,10 +67,10 @@ def signed_request(request: web.Request, guard: ReplayGuard) -> SignedRequest | 
     return req
 
 
-def staff_of(genesis: Genesis, get: Callable[[bytes], Any], pubkey: str) -> tuple[str, str] | None:
-    """(org, role) of an org admin's or agent's key."""
-    for org, admins in genesis.orgs.items():
+def staff_of(consortium: Consortium, get: Callable[[bytes], Any], pubkey: str) -> tuple[str, str] | None:
+    """(org, role) of a member org's admin or agent key."""
+    for org, admins in consortium.orgs.items():
         if pubkey in admins:
             return org, "admin"
     rec = get(k_identity(pubkey))
-    return (rec["org"], rec["role"]) if rec is not None else None
+    return (rec["org"], rec["role"]) if rec is not None and rec["org"] in consortium.orgs else None

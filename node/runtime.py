@@ -22,6 +22,7 @@ from typing import AsyncIterator
 from crmledger.consensus import (
     Config, HardState, Message, NotLeader, ProposalDropped, RawNode, StateType, bootstrap_snapshot,
 )
+from crmledger.ledger.consortium import Consortium
 from crmledger.ledger.genesis import load_genesis
 from crmledger.ledger.tx import Tx
 from crmledger.node.admission import Admission, Refused
@@ -84,7 +85,7 @@ class Node:
         self.backlog = Backlog(cfg.mempool.max_queue_ms, cfg.blocks.max_txs)
         self.checking = 0   # transactions of batches being decoded and checked
         self._applied = asyncio.Event()   # set and replaced at each block applied
-        self.admission = Admission(self.genesis, cfg.limits)
+        self.admission = Admission(lambda: self.dd.ledger.consortium(), cfg.limits)
         self.reader = Reader(cfg.data_dir / "ledger.db", self.genesis, cfg.limits.read_workers,
                              cfg.limits.read_queue)
         self.checker = Workers("checker", 2, 64)   # decodes and checks large batches, gossip and blocks
@@ -108,6 +109,11 @@ class Node:
         self.replay = ReplayGuard()             # signed requests seen
         self.disclosure = Disclosure(self)
         self.private_tasks: set[asyncio.Task] = set()
+
+    @property
+    def consortium(self) -> Consortium:
+        """The consortium in force at the last block applied."""
+        return self.dd.ledger.consortium()
 
     # -- status ------------------------------------------------------------------------------
     def leader_id(self) -> str | None:

@@ -26,6 +26,7 @@ from crmledger.consensus import ConfState
 from crmledger.ledger import stateroot
 from crmledger.ledger.block import Block, check_block
 from crmledger.ledger.canonical import canonical_bytes
+from crmledger.ledger.consortium import CONSORTIUM_KEY, Consortium, in_force
 from crmledger.ledger.genesis import Genesis
 from crmledger.ledger.rules import BlockOutcome, apply_block
 from crmledger.ledger.statekeys import due_before, keys_for
@@ -109,6 +110,7 @@ class LedgerStore(LedgerReads):
         self.genesis = genesis
         self.keep_bodies = keep_bodies
         self.cache = RecentCache(cache_keys)
+        self._consortium: tuple[int, Consortium] | None = None   # (height, the consortium then)
         self._candidates: dict[str, tuple[int, np.ndarray]] = {}
         if not readonly:
             conn.executescript(_SCHEMA)
@@ -146,6 +148,12 @@ class LedgerStore(LedgerReads):
             if self.height - (self.index.merged >> POS_BITS) > _SAY_AFTER:
                 _log.info("  transaction index: %d/%d blocks", after, self.height)
 
+    def consortium(self) -> Consortium:
+        """The consortium in force after the last block applied."""
+        if self._consortium is None or self._consortium[0] != self.height:
+            self._consortium = (self.height, in_force(self.genesis, self.get_raw(CONSORTIUM_KEY)))
+        return self._consortium[1]
+
     # -- writing ---------------------------------------------------------------------------
     def apply_block(self, block: Block, txs: list[Tx], raft_index: int,
                     conf_state: ConfState | None = None, check_sig: bool = True,
@@ -154,7 +162,7 @@ class LedgerStore(LedgerReads):
         Raises BlockRejected when the block cannot extend the chain (then, for a block
         from the Raft log, only the applied index moves: every node rejects the same
         block the same way; a block fetched from a peer leaves nothing behind)."""
-        why = check_block(block, self.genesis, prev_hash=self.head_hash, height=self.height + 1,
+        why = check_block(block, self.consortium(), prev_hash=self.head_hash, height=self.height + 1,
                           state_root=self.state_root, check_sig=check_sig)
         if why is None and block.header.index != raft_index:
             why = f"header names Raft index {block.header.index}, carried at {raft_index}"
