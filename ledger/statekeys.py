@@ -70,9 +70,12 @@ def k_purged(cause: str, node_key: str, kind: str) -> bytes:
     return b"pg/" + cause.encode() + b"\x00" + node_key.encode() + b"\x00" + kind.encode()
 
 
+PROPOSAL_PREFIX = b"cp/"
+
+
 def k_proposal(proposal_id: str) -> bytes:
     """A governance proposal, by the tx_id of its `consortium.propose`."""
-    return b"cp/" + proposal_id.encode()
+    return PROPOSAL_PREFIX + proposal_id.encode()
 
 
 def keys_for(tx: Tx) -> list[bytes]:

@@ -170,6 +170,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/orgs/{org}/tickets", api_private.org_tickets)
     app.router.add_get("/v1/orgs", api_reads.orgs)
     app.router.add_get("/v1/nodes", api_reads.nodes)
+    app.router.add_get("/v1/consortium", api_reads.consortium)
     app.router.add_get("/ui", _ui_index)
     app.router.add_get("/ui/", _ui_index)
     app.router.add_static("/ui/", UI_DIR)

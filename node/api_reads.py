@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 
 import msgpack
 from aiohttp import web
 
+from crmledger.ledger.statekeys import PROPOSAL_PREFIX
 from crmledger.node.api import NODE, UINT, ApiError, bad_query, path_id
 from crmledger.node.reader import Busy
 from crmledger.storage.ledger_store import POS_BITS, LedgerStore, seq_of
@@ -38,6 +40,19 @@ async def orgs(request: web.Request) -> web.Response:
     g = request.app[NODE].consortium
     return web.json_response({"orgs": [{"org": o, "contact": dict(i.contact), "service_levels": {
         "first_response_ms": i.first_response_ms, "resolution_ms": i.resolution_ms}} for o, i in sorted(g.org_info.items())]})
+
+
+async def consortium(request: web.Request) -> web.Response:
+    """The consortium in force (version, policy, orgs with their admin keys, nodes) and
+    every governance proposal with its votes and status."""
+    node = request.app[NODE]
+    now = int(time.time() * 1000)
+    proposals = []
+    for k, p in node.dd.ledger.scan(PROPOSAL_PREFIX):
+        status = "expired" if p["status"] == "open" and p["deadline_ts"] <= now else p["status"]
+        proposals.append({"proposal_id": k[len(PROPOSAL_PREFIX):].decode(), **p, "status": status})
+    proposals.sort(key=lambda p: (p["height"], p["proposal_id"]))
+    return web.json_response({**node.consortium.to_state(), "proposals": proposals})
 
 
 # -- blocks -----------------------------------------------------------------------------------

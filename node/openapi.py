@@ -79,6 +79,8 @@ OPENAPI = {
             params=[_path("customer_id"), *_SIGNED], extra={"401": _ERR, "403": _ERR, "404": _ERR, "503": _ERR})},
         "/v1/orgs": {"get": _op("the consortium's orgs: contact details and ticket service levels")},
         "/v1/nodes": {"get": _op("the consortium's nodes with their API addresses")},
+        "/v1/consortium": {"get": _op("the consortium in force (version, voting policy, orgs with their admin "
+                                      "keys, nodes) and every governance proposal with its votes and status")},
         "/v1/orgs/{org}/tickets": {"get": _op("an org's tickets, escalated first; signed by an admin or agent of "
                                               "the org", params=[_path("org"), *_SIGNED],
                                               extra={"401": _ERR, "403": _ERR})},

@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     im.add_argument("--batch", type=int, default=500, help="registrations per request")
     im.add_argument("--rejects", default=None, help="where refused rows go (default: FILE.rejects.csv)")
     im.add_argument("--quiet", action="store_true", help="no progress bar")
+    from . import org_cmds
+    org_cmds.add_parser(sub)
     v = sub.add_parser("verify", help="audit a node's chain offline (SPEC §6)")
     v.add_argument("--data-dir", required=True, help="the node's data directory")
     v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return run_import(a.csv or a.jsonl, "csv" if a.csv else "jsonl", a.org, a.key, a.node, mapping,
                           batch=a.batch, reject_file=a.rejects, quiet=a.quiet)
+    if a.cmd == "org":
+        return org_cmds.run(a)
     if a.cmd == "node":
         from crmledger.node.main import run as run_node
         return run_node(a.config)

@@ -95,23 +95,31 @@ def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: b
     if print_only:
         print(json.dumps(env))
         return 0
+    return _send("submit", node, tx_request(node, env, wait))[0]
+
+
+def tx_request(node: str, env: dict, wait: bool = True) -> urllib.request.Request:
     url = f"http://{node}/v1/tx" + ("?wait=commit" if wait else "")
-    return _send("submit", node, urllib.request.Request(url, data=json.dumps(env).encode(),
-                                                        headers={"Content-Type": "application/json"}))
+    return urllib.request.Request(url, data=json.dumps(env).encode(), headers={"Content-Type": "application/json"})
 
 
-def _send(cmd: str, node: str, req: urllib.request.Request) -> int:
-    """Send `req`, print the answer (an error's on stderr); the exit code."""
+def _send(cmd: str, node: str, req: urllib.request.Request, quiet: bool = False) -> tuple[int, dict | None]:
+    """Send `req`, print the answer (an error's on stderr) unless `quiet`; the exit code
+    and the answer (when it is JSON)."""
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
-            print(r.read().decode())
-            return 0
+            text, rc = r.read().decode(), 0
     except urllib.error.HTTPError as e:
-        print(e.read().decode(), file=sys.stderr)
-        return 1
+        text, rc = e.read().decode(), 1
     except OSError as e:
         print(f"{cmd}: cannot reach {node}: {e}", file=sys.stderr)
-        return 2
+        return 2, None
+    if not quiet:
+        print(text, file=sys.stderr if rc else sys.stdout)
+    try:
+        return rc, json.loads(text)
+    except ValueError:
+        return rc, None
 
 
 def read(node: str, key_file: str, path: str) -> int:
@@ -125,4 +133,4 @@ def read(node: str, key_file: str, path: str) -> int:
         print("read: the path starts with /, e.g. /v1/customers/alice/export", file=sys.stderr)
         return 2
     headers = sign_request(key, "GET", path, int(time.time() * 1000))
-    return _send("read", node, urllib.request.Request(f"http://{node}{path}", headers=headers))
+    return _send("read", node, urllib.request.Request(f"http://{node}{path}", headers=headers))[0]
