@@ -38,7 +38,7 @@ class Disclosure:
         node.calls.handle("private_values", self._serve_values)
 
     def nodes_of(self, org: str) -> list[str]:
-        return [nid for nid, n in self.node.genesis.nodes.items() if n.org == org and nid != self.node.me.node_id]
+        return [nid for nid, n in self.node.consortium.nodes.items() if n.org == org and nid != self.node.me.node_id]
 
     # -- a profile read on the chain ------------------------------------------------------------
     async def profile_for_read(self, rec: TxRecord, owner: str) -> dict:

@@ -13,7 +13,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from crmledger.consensus import Message, NotLeader, ProposalDropped, RawNode, Ready
+from crmledger.consensus import (
+    ConfChange, ConfChangeType, Message, NotLeader, ProposalDropped, RawNode, Ready, StateType,
+)
 from crmledger.node.applier import Applier
 from crmledger.node.blocksync import BlockSync, SnapshotInfo, snapshot_info
 from crmledger.node.config import RaftConfig
@@ -88,7 +90,8 @@ class Inbox:
 
 class RaftDriver:
     def __init__(self, raw: RawNode, dd: DataDir, cfg: RaftConfig, inbox: Inbox, proposer: BlockProposer,
-                 applier: Applier, sync: BlockSync, send: Callable[[Message], None], metrics: Metrics) -> None:
+                 applier: Applier, sync: BlockSync, send: Callable[[Message], None], metrics: Metrics,
+                 members: Callable[[], set[int]] | None = None) -> None:
         self.raw = raw
         self.dd = dd
         self.cfg = cfg
@@ -102,6 +105,8 @@ class RaftDriver:
         self.stopped = False
         self.disk_full = False   # a write is waiting for room on the disk
         self.reads: dict[bytes, list[asyncio.Future]] = {}   # read-index rounds in flight
+        self.members = members   # the Raft ids the consortium in force names
+        self._refused: ConfChange | None = None   # the last change the core would not take (said once)
 
     async def run(self) -> None:
         snap = self.dd.raft.snapshot()
@@ -142,6 +147,8 @@ class RaftDriver:
                 behind += 1
             if now >= next_tick:
                 next_tick = now + tick
+            if self.members is not None and self.raw.raft.state == StateType.LEADER:
+                self._follow_members()
             self.proposer.maybe_propose()
             try:
                 await self._handle_readies()
@@ -175,6 +182,27 @@ class RaftDriver:
                     self.proposer.committed(e.index)
                 await self._written(self.applier.apply, rd.committed_entries)
             self.raw.advance(rd)
+
+    def _follow_members(self) -> None:
+        """On the leader: bring the Raft group in line with the consortium in force, one
+        change at a time — a node voted in joins as a learner and is promoted once caught
+        up (by the core); a node voted out is removed."""
+        r = self.raw.raft
+        if r.pending_conf_index > r.log.applied or r.lead_transferee:
+            return   # a change under way, or this leader has not applied its predecessors' yet
+        want, have = self.members(), r.conf.members()
+        if want == have or not want:
+            return
+        add, drop = sorted(want - have), sorted(have - want)
+        cc = ConfChange(ConfChangeType.ADD_NODE, add[0]) if add else ConfChange(ConfChangeType.REMOVE_NODE, drop[0])
+        try:
+            self.raw.propose_conf_change(cc)
+        except (NotLeader, ProposalDropped) as e:
+            if cc != self._refused:
+                log.warning("cannot propose %s of Raft node %d: %s", cc.type.name, cc.node_id, e)
+                self._refused = cc
+            return
+        log.info("proposed %s of Raft node %d, as the consortium says", cc.type.name, cc.node_id)
 
     def _read_index(self, answers: list[asyncio.Future]) -> None:
         """One read-index round for every read asked since the last."""

@@ -63,6 +63,7 @@ async def serve(node: Node) -> None:
     runner = GuardedRunner(make_app(node), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
+        node.on_removed = stop.set   # voted out: it stops as if told to
         async with node.running():
             host, _, port = node.cfg.api_listen.rpartition(":")
             tls = _api_tls(node.cfg)

@@ -22,7 +22,8 @@ import time
 from concurrent.futures import Executor
 from typing import Any, Callable, NamedTuple
 
-from crmledger.ledger.genesis import Genesis, NodeInfo
+from crmledger.ledger.consortium import Consortium
+from crmledger.ledger.genesis import NodeInfo
 from crmledger.ledger.keys import SigningKey
 from crmledger.ledger.statekeys import k_customer, k_purged, k_ticket
 from crmledger.ledger.tx import HASHED, Tx, TxError, admit, decode_tx, is_ident, private_hash, sign_tx
@@ -78,10 +79,10 @@ def check_private(tx: Tx, obj: Any) -> Part:
 
 
 class PrivateData:
-    def __init__(self, me: NodeInfo, genesis: Genesis, key: SigningKey, store: PrivateStore, ledger: LedgerReads,
+    def __init__(self, me: NodeInfo, consortium: Callable[[], Consortium], key: SigningKey, store: PrivateStore, ledger: LedgerReads,
                  peers: PeerLinks, calls: PeerCalls, submit: Callable[[Tx], None], checker: Executor) -> None:
         self.me = me
-        self.genesis = genesis
+        self.consortium = consortium   # the one in force now
         self.key = key
         self.store = store
         self.ledger = ledger
@@ -272,7 +273,7 @@ class PrivateData:
 
     async def _serve_sync(self, peer: str, args: dict) -> dict:
         """What a node of this org lacks, of what it may hold."""
-        node = self.genesis.nodes.get(peer)
+        node = self.consortium().nodes.get(peer)
         hashes = args.get("hashes")
         if node is None or node.org != self.me.org or type(hashes) is not list:
             raise CallFailed("forbidden", "only nodes of the same org share private data")

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import random
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from crmledger.consensus import (
     Config, HardState, Message, NotLeader, ProposalDropped, RawNode, StateType, bootstrap_snapshot,
 )
-from crmledger.ledger.consortium import Consortium
-from crmledger.ledger.genesis import load_genesis
+from crmledger.ledger.consortium import Consortium, from_state as consortium_from_state
+from crmledger.ledger.genesis import GenesisError, load_genesis
 from crmledger.ledger.tx import Tx
 from crmledger.node.admission import Admission, Refused
 from crmledger.node.applier import Applier
@@ -49,6 +50,9 @@ log = logging.getLogger("crmledger.node")
 ROLES = {StateType.LEADER: "leader", StateType.FOLLOWER: "follower"}
 
 
+JOIN_FILE = "consortium.json"   # beside the data of a node voted in: the consortium it joins
+
+
 class NodeError(Exception):
     pass
 
@@ -63,18 +67,27 @@ class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         self.genesis = load_genesis(cfg.genesis)
-        me = self.genesis.nodes.get(cfg.node_id)
-        if me is None:
-            raise NodeError(f"node_id {cfg.node_id!r} is not a node of the genesis")
-        self.me = me
         self.key = load_signing_key(cfg.node_key)
-        if self.key.public_hex != me.pubkey:
-            raise NodeError(f"{cfg.node_key} is not the key the genesis names for {cfg.node_id}")
         self.dd = open_data_dir(cfg.data_dir, self.genesis)
-        if self.dd.raft.last_index() == 0:
+        try:
+            cs = self._consortium_at_start()
+        except NodeError:
+            self.dd.close()
+            raise
+        me = self.me = cs.nodes[cfg.node_id]
+        if self.key.public_hex != me.pubkey:
+            self.dd.close()
+            raise NodeError(f"{cfg.node_key} is not the key the consortium names for {cfg.node_id}")
+        if self.dd.raft.last_index() == 0 and cfg.node_id in self.genesis.nodes:
+            # a founding node; one voted in later starts with an empty log, and the leader
+            # brings it in (as a learner, with a snapshot, then as a voter)
             voters = sorted(n.raft_id for n in self.genesis.nodes.values())
             self.dd.raft.bootstrap(bootstrap_snapshot(voters), HardState(term=1))
-        self.by_raft_id = {n.raft_id: n.node_id for n in self.genesis.nodes.values()}
+        self.by_raft_id = {n.raft_id: n.node_id for n in cs.nodes.values()}
+        self.consortium_version = cs.version
+        self.on_removed: Callable[[], None] = lambda: None   # told when the consortium removed this node
+        self.lingering: frozenset[str] = frozenset()   # removed nodes still linked (see _update_links)
+        self.leaving = False
         self.raw = RawNode(Config(id=me.raft_id, election_tick=cfg.raft.election_ticks,
                                   heartbeat_tick=cfg.raft.heartbeat_ticks,
                                   applied=self.dd.ledger.applied_index, max_size_per_msg=4 << 20),
@@ -89,7 +102,7 @@ class Node:
         self.reader = Reader(cfg.data_dir / "ledger.db", self.genesis, cfg.limits.read_workers,
                              cfg.limits.read_queue)
         self.checker = Workers("checker", 2, 64)   # decodes and checks large batches, gossip and blocks
-        self.peers = PeerLinks(me, self.genesis, str(cfg.tls_cert), str(cfg.node_key), self._on_frame,
+        self.peers = PeerLinks(me, cs, self.genesis.hash, str(cfg.tls_cert), str(cfg.node_key), self._on_frame,
                                on_lost=self._on_link_lost, on_up=lambda peer: self.gossip.resend_to(peer))
         self.inbox = Inbox()
         self.applier = Applier(self.raw, self.dd.ledger, self.dd.raft.initial_state()[1], self.mempool,
@@ -99,11 +112,11 @@ class Node:
         self.gossip = Gossip(cfg.mempool.gossip_ms, self.peers, self.mempool, self.dd.ledger, self.admission,
                              self.checker.pool, self.metrics, self._added)
         self.driver = RaftDriver(self.raw, self.dd, cfg.raft, self.inbox, self.proposer, self.applier, self.sync,
-                                 self._send, self.metrics)
+                                 self._send, self.metrics, self._raft_members)
         self.last_raft_from: dict[str, float] = {}   # peer -> when its last Raft message came
         self.calls = PeerCalls(self.peers)
         self.calls.handle("commit_index", self._serve_commit_index)
-        self.private = PrivateData(me, self.genesis, self.key, self.dd.private, self.dd.ledger, self.peers,
+        self.private = PrivateData(me, lambda: self.consortium, self.key, self.dd.private, self.dd.ledger, self.peers,
                                    self.calls, self.admit, self.checker.pool)
         self.applier.after_block = self._after_block
         self.replay = ReplayGuard()             # signed requests seen
@@ -115,6 +128,64 @@ class Node:
         """The consortium in force at the last block applied."""
         return self.dd.ledger.consortium()
 
+    def _consortium_at_start(self) -> Consortium:
+        """The consortium as this node's chain has it; for a node voted in that has no
+        chain yet, the one `crmledger join` wrote beside its data."""
+        cs = self.dd.ledger.consortium()
+        nid = self.cfg.node_id
+        if nid in cs.nodes:
+            return cs
+        joined = self.dd.path / JOIN_FILE
+        if joined.exists():
+            try:
+                got = consortium_from_state(json.loads(joined.read_text()))
+            except (ValueError, KeyError, TypeError, GenesisError) as e:
+                raise NodeError(f"{joined} is not a consortium this program wrote: {e}") from None
+            if got.version > cs.version and nid in got.nodes:
+                return got
+            if cs.version >= got.version and self.dd.ledger.height:
+                raise NodeError(f"{nid} was removed from the consortium (version {cs.version}, block {cs.height}); "
+                                f"its chain in {self.dd.path} stays readable offline (crmledger verify)")
+        raise NodeError(f"node_id {nid!r} is not a node of the consortium: once the orgs have voted it in, "
+                        "start it with `crmledger join`")
+
+    def _raft_members(self) -> set[int]:
+        """The Raft ids the consortium in force names (the leader makes the Raft group
+        follow it, one change at a time)."""
+        return {n.raft_id for n in self.consortium.nodes.values()}
+
+    def _follow_consortium(self) -> None:
+        """A block changed the consortium: reach the nodes it added, drop the ones it
+        removed; a node removed itself stops (once out of the Raft group, or soon)."""
+        cs = self.consortium
+        self.consortium_version = cs.version
+        self.by_raft_id.update({n.raft_id: n.node_id for n in cs.nodes.values()})
+        self._update_links()
+        log.info("consortium version %d in force from block %d: %d orgs, nodes %s", cs.version, cs.height,
+                 len(cs.orgs), ", ".join(sorted(cs.nodes)))
+        if self.me.node_id not in cs.nodes and not self.leaving:
+            self.leaving = True
+            log.warning("this node was removed from the consortium at block %d: it stops once out of the Raft "
+                        "group; its chain stays readable offline (crmledger verify)", cs.height)
+            t = asyncio.get_running_loop().create_task(self._leave())
+            self.private_tasks.add(t)
+            t.add_done_callback(self.private_tasks.discard)
+
+    def _update_links(self) -> None:
+        """Links to the consortium's nodes, and to the removed ones still in the Raft group
+        (they learn from it that they are out, then their links close)."""
+        cs = self.consortium
+        in_group = {self.by_raft_id.get(r) for r in self.raw.status().conf.members()}
+        linger = frozenset(nid for nid in self.peers.peers if nid not in cs.nodes and nid in in_group)
+        self.peers.update(cs, linger)
+        self.lingering = linger
+
+    async def _leave(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.me.raft_id in self.raw.status().conf.members() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        self.on_removed()
+
     # -- status ------------------------------------------------------------------------------
     def leader_id(self) -> str | None:
         return self.by_raft_id.get(self.raw.leader_id)
@@ -124,7 +195,10 @@ class Node:
         return {"node_id": self.me.node_id, "role": ROLES.get(st.role, "candidate"), "term": st.term,
                 "leader_id": self.by_raft_id.get(st.leader_id), "commit_index": st.commit,
                 "height": self.dd.ledger.height, "head_hash": self.dd.ledger.head_hash,
-                "peers": [{"node_id": nid, "connected": up} for nid, up in sorted(self.peers.connected.items())]}
+                "peers": [{"node_id": nid, "connected": up} for nid, up in sorted(self.peers.connected.items())],
+                # the Raft group as this node knows it (a node voted in joins as a learner)
+                "voters": sorted(self.by_raft_id.get(r, str(r)) for r in st.conf.voters),
+                "learners": sorted(self.by_raft_id.get(r, str(r)) for r in st.conf.learners)}
 
     def render_metrics(self) -> bytes:
         """The gauges are read when scraped, not kept up to date on the hot path."""
@@ -202,6 +276,10 @@ class Node:
 
     def _after_block(self, block, txs: list[Tx], out) -> None:
         self._block_done(len(txs))
+        if any(ev["type"] == "consortium" for ev in out.events):
+            self._follow_consortium()
+        elif self.lingering:
+            self._update_links()
         self.private.committed(txs, [r.code for r in out.results], out.events)
         for ev in out.events:
             if ev["type"] == "erasure":
@@ -277,8 +355,9 @@ class Node:
     def _on_link_lost(self, peer: str) -> None:
         """A peer's link ended at once: if it led, the driver tells the Raft core (which
         may then campaign without waiting for the election timeout)."""
-        raft_id = self.genesis.nodes[peer].raft_id
-        if raft_id == self.raw.leader_id:
+        n = self.peers.peers.get(peer)
+        if n is not None and n.raft_id == self.raw.leader_id:
+            raft_id = n.raft_id
             log.info("the link from the leader %s ended: it is gone", peer)
             self.inbox.put(LeaderDown(raft_id))
 
@@ -336,7 +415,7 @@ class Node:
                 helpers = [tg.create_task(c) for c in (self.gossip.run_out(), self.gossip.run_in(),
                                                        self.watch_loop(), self.private_upkeep())]
                 if links:
-                    helpers += [tg.create_task(self.peers.dial_forever(p)) for p in self.peers.peers]
+                    self.peers.start_dialing()   # (stopped when the links close)
                 try:
                     yield self
                 finally:
@@ -364,6 +443,8 @@ class Node:
                 fetched = n is not None
             if self.accepting:
                 self.private.send_receipts()
+            if self.lingering:   # (also when no block comes to prompt it)
+                self._update_links()
 
     async def hand_over(self, timeout: float = 3.0) -> None:
         """Stop taking submissions; a leader hands leadership to its most caught-up

@@ -155,6 +155,27 @@ class LocalCluster:
     def wait_for_converged(self, timeout: float = 30.0) -> None:
         wait_for(lambda: len(self.procs) == self.n and self.converged(), timeout, "every node at the same head")
 
+    def add_firm(self) -> int:
+        """Vote the next firm and its node into the consortium (`crmledger add-firm`);
+        its number. Start its node with `join`."""
+        out = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "add-firm", "--cluster-dir",
+                              str(self.dir), "--node", self.url(1)[len("http://"):]],
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"add-firm failed: {out.stderr.strip()}")
+        k = int(out.stdout.split()[-1])
+        self.hosts.append(self.hosts[0])
+        self.n = max(self.n, k)
+        return k
+
+    def join(self, i: int, via: int = 1) -> None:
+        """Start node i, voted in, with `crmledger join` (reading the consortium from node `via`)."""
+        with open(self.dir / f"node{i}.log", "ab") as log:
+            self.procs[i] = subprocess.Popen(
+                [*self.launcher(i), sys.executable, "-m", "crmledger.node.ops.cli", "join", "--from",
+                 self.url(via)[len("http://"):], "--config", str(self.dir / f"node{i}.toml")],
+                stdout=log, stderr=log, cwd=self.dir)
+
     def config(self, i: int):
         from crmledger.node.config import load_config
         return load_config(self.dir / f"node{i}.toml")

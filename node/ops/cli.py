@@ -98,6 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     im.add_argument("--quiet", action="store_true", help="no progress bar")
     from . import org_cmds
     org_cmds.add_parser(sub)
+    jn = sub.add_parser("join", help="start a new firm's node once the orgs voted it in: it reads the consortium "
+                                     "from a running node, then catches up and joins the Raft group")
+    jn.add_argument("--from", dest="sources", action="append", required=True,
+                    help="host:port of a running node's API (repeat for more)")
+    jn.add_argument("--config", required=True, help="the new node's configuration")
+    af = sub.add_parser("add-firm", help="local clusters: make the next firm's keys and node config, propose it "
+                                         "and vote it in with the other orgs' keys (prints its number)")
+    af.add_argument("--cluster-dir", default=".cluster")
+    af.add_argument("--node", default=None, help="host:port of a node to send to (default: any that answers)")
     v = sub.add_parser("verify", help="audit a node's chain offline (SPEC §6)")
     v.add_argument("--data-dir", required=True, help="the node's data directory")
     v.add_argument("--workers", type=int, default=None, help="processes checking signatures (default: all cores)")
@@ -167,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                           batch=a.batch, reject_file=a.rejects, quiet=a.quiet)
     if a.cmd == "org":
         return org_cmds.run(a)
+    if a.cmd in ("join", "add-firm"):
+        from . import join
+        return join.join(a.config, a.sources) if a.cmd == "join" else join.add_firm(a.cluster_dir, a.node)
     if a.cmd == "node":
         from crmledger.node.main import run as run_node
         return run_node(a.config)
