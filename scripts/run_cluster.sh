@@ -3,6 +3,8 @@
 #   scripts/run_cluster.sh start [N]   create (if absent) and start N nodes (default 3), return once a leader is elected
 #   scripts/run_cluster.sh stop        SIGTERM every node, wait for them to exit
 #   scripts/run_cluster.sh status      role, term and height of each node
+#   scripts/run_cluster.sh add         vote the next firm into the running cluster (every org's key is here)
+#                                      and start its node, which joins, catches up and becomes a voter
 #   scripts/run_cluster.sh [N]         start, then follow the logs until Ctrl-C, which stops the cluster
 # Environment: CLUSTER_DIR (./.cluster), VENV (./.venv), BASE_PORT (8000: node K serves HTTP on BASE_PORT+K).
 set -euo pipefail
@@ -88,6 +90,29 @@ stop() {
     echo "stopped ${#pids[@]} node(s)"
 }
 
+add() {
+    ensure_venv
+    [ -f "$CLUSTER_DIR/genesis.json" ] || { echo "no cluster in $CLUSTER_DIR: start one first" >&2; exit 1; }
+    local k from=()
+    for cfg in "$CLUSTER_DIR"/node*.toml; do
+        from+=(--from "$(grep -A1 '^\[api\]' "$cfg" | sed -n 's/^listen = "\(.*\)"/\1/p')")
+    done
+    k=$("$VENV/bin/crmledger" add-firm --cluster-dir "$CLUSTER_DIR") || exit 1
+    nohup "$VENV/bin/crmledger" join "${from[@]}" --config "$CLUSTER_DIR/node$k.toml" >>"$CLUSTER_DIR/node$k.log" 2>&1 &
+    echo $! >"$CLUSTER_DIR/node$k.pid"
+    for _ in $(seq 1 600); do
+        if "$VENV/bin/crmledger" status --cluster-dir "$CLUSTER_DIR" 2>/dev/null \
+                | awk -v n="node$k" '$1 == n && $3 != "down" && $6 == 0 {ok=1} END {exit !ok}'; then
+            "$VENV/bin/crmledger" status --cluster-dir "$CLUSTER_DIR"
+            echo "node$k (org$k) joined the cluster in $CLUSTER_DIR"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "node$k did not catch up within 60 s; see $CLUSTER_DIR/node$k.log" >&2
+    return 1
+}
+
 status() {
     ensure_venv
     "$VENV/bin/crmledger" status --cluster-dir "$CLUSTER_DIR"
@@ -97,11 +122,12 @@ case "${1:-}" in
     start) start "${2:-3}" ;;
     stop) stop ;;
     status) status ;;
+    add) add ;;
     ""|[0-9]*)
         start "${1:-3}"
         trap 'echo; stop; exit 0' INT TERM
         tail -n 0 -F "$CLUSTER_DIR"/node*.log &
         wait $!
         ;;
-    *) echo "usage: $0 [start [N] | stop | status | N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [start [N] | stop | status | add | N]" >&2; exit 2 ;;
 esac

@@ -57,3 +57,28 @@ def test_start_status_restart_missing_and_stop(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_add_votes_a_firm_in_and_its_node_joins(tmp_path):
+    base = free_ports([1, 2, 3, 4, 101, 102, 103, 104])
+    env = {**os.environ, "CLUSTER_DIR": str(tmp_path / "cl"), "VENV": str(Path(sys.executable).parent.parent),
+           "BASE_PORT": str(base)}
+    try:
+        assert _run(env, "start").returncode == 0
+        out = _run(env, "add", timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "node4 (org4) joined" in out.stdout
+        st = _run(env, "status")
+        assert st.returncode == 0 and st.stdout.count("127.0.0.1:") == 4, st.stdout
+        assert "node4" in st.stdout and "down" not in st.stdout
+        # a later start starts the fourth node as it does the others
+        pid4 = int((tmp_path / "cl" / "node4.pid").read_text())
+        os.kill(pid4, signal.SIGTERM)
+        wait_for(lambda: not Path(f"/proc/{pid4}").exists() or
+                 Path(f"/proc/{pid4}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 20, "node 4 to stop")
+        assert _run(env, "start").returncode == 0
+        wait_for(lambda: _run(env, "status").stdout.count(" follower ") + _run(env, "status").stdout.count(" leader ")
+                 == 4, 30, "four nodes serving")
+    finally:
+        out = _run(env, "stop")
+    assert "stopped 4" in out.stdout

@@ -23,15 +23,26 @@ def _get(url: str, timeout: float = 2.0):
         return json.loads(r.read())
 
 
-def cluster_status(cluster_dir: str) -> list[dict]:
+def _nodes_in_force(cluster_dir: str) -> list[tuple[str, str]]:
+    """(node id, API address) of the consortium's nodes, as the first node of the genesis
+    that answers has them (the genesis's own, when none does)."""
     g = genesis_of(cluster_dir)
-    rows = []
-    for nid, n in sorted(g.nodes.items(), key=lambda kv: kv[1].raft_id):
+    for n in sorted(g.nodes.values(), key=lambda n: n.raft_id):
         try:
-            st = _get(f"http://{n.api_addr}/v1/status")
-            rows.append({"node": nid, "api": n.api_addr, **st})
+            return [(x["node_id"], x["api_addr"]) for x in _get(f"http://{n.api_addr}/v1/nodes")["nodes"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return [(nid, n.api_addr) for nid, n in sorted(g.nodes.items(), key=lambda kv: kv[1].raft_id)]
+
+
+def cluster_status(cluster_dir: str) -> list[dict]:
+    rows = []
+    for nid, api in _nodes_in_force(cluster_dir):
+        try:
+            st = _get(f"http://{api}/v1/status")
+            rows.append({"node": nid, "api": api, **st})
         except (OSError, ValueError):
-            rows.append({"node": nid, "api": n.api_addr, "role": "down"})
+            rows.append({"node": nid, "api": api, "role": "down"})
     top = max((r.get("height", 0) for r in rows), default=0)
     for r in rows:
         r["lag"] = top - r["height"] if "height" in r else None
