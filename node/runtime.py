@@ -143,9 +143,9 @@ class Node:
                 raise NodeError(f"{joined} is not a consortium this program wrote: {e}") from None
             if got.version > cs.version and nid in got.nodes:
                 return got
-            if cs.version >= got.version and self.dd.ledger.height:
-                raise NodeError(f"{nid} was removed from the consortium (version {cs.version}, block {cs.height}); "
-                                f"its chain in {self.dd.path} stays readable offline (crmledger verify)")
+        if nid in self.genesis.nodes or joined.exists():
+            raise NodeError(f"{nid} was removed from the consortium (version {cs.version}, block {cs.height}); "
+                            f"its chain in {self.dd.path} stays readable offline (crmledger verify)")
         raise NodeError(f"node_id {nid!r} is not a node of the consortium: once the orgs have voted it in, "
                         "start it with `crmledger join`")
 
