@@ -15,10 +15,10 @@ A proposal is one of:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, KeysView, Mapping
 
 import msgpack
 
@@ -46,18 +46,28 @@ class Consortium:
     policy: str = "majority"
     version: int = 0
     height: int = 0                          # the block at which this version took effect
+    # derived from the above (see `make`), looked up once per transaction
+    admins: frozenset[str] = frozenset()
+    by_node_key: Mapping[str, NodeInfo] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def make(cls, orgs: Mapping[str, frozenset[str]], nodes: Mapping[str, NodeInfo], org_info: Mapping[str, OrgInfo],
+             policy: str = "majority", version: int = 0, height: int = 0) -> "Consortium":
+        return cls(MappingProxyType(dict(orgs)), MappingProxyType(dict(nodes)), MappingProxyType(dict(org_info)),
+                   policy, version, height, frozenset().union(*orgs.values()),
+                   MappingProxyType({n.pubkey: n for n in nodes.values()}))
 
     def is_admin_of(self, pubkey: str, org: str) -> bool:
         return pubkey in self.orgs.get(org, ())
 
     def is_admin(self, pubkey: str) -> bool:
-        return any(pubkey in admins for admins in self.orgs.values())
+        return pubkey in self.admins
 
     def node_by_key(self, pubkey: str) -> NodeInfo | None:
-        return next((n for n in self.nodes.values() if n.pubkey == pubkey), None)
+        return self.by_node_key.get(pubkey)
 
-    def node_keys(self) -> frozenset[str]:
-        return frozenset(n.pubkey for n in self.nodes.values())
+    def node_keys(self) -> KeysView[str]:
+        return self.by_node_key.keys()
 
     def nodes_of(self, org: str) -> list[NodeInfo]:
         return [n for n in self.nodes.values() if n.org == org]
@@ -81,14 +91,22 @@ class Consortium:
                 "orgs": orgs, "nodes": nodes}
 
 
+_OF_GENESIS: dict[str, Consortium] = {}
+
+
 def of_genesis(g: Genesis) -> Consortium:
-    return Consortium(g.orgs, g.nodes, g.org_info)
+    """Version 0 (made once per genesis)."""
+    c = _OF_GENESIS.get(g.hash)
+    if c is None:
+        c = _OF_GENESIS[g.hash] = Consortium.make(g.orgs, g.nodes, g.org_info)
+    return c
 
 
 def from_state(obj: dict) -> Consortium:
     orgs, info, nodes = parse_members(obj["orgs"], obj["nodes"], "consortium")
-    return Consortium(MappingProxyType(orgs), MappingProxyType(nodes), MappingProxyType(info),
-                      obj["policy"], obj["version"], obj["height"])
+    if obj.get("policy") not in POLICIES or type(obj.get("version")) is not int or type(obj.get("height")) is not int:
+        raise GenesisError("consortium: policy, version and height are missing or wrong")
+    return Consortium.make(orgs, nodes, info, obj["policy"], obj["version"], obj["height"])
 
 
 @lru_cache(maxsize=8)
@@ -210,6 +228,5 @@ def enact(c: Consortium, proposal: dict, height: int) -> Consortium:
         orgs[org] = frozenset(keys)
     else:
         policy = proposal["policy"]
-    return Consortium(MappingProxyType(orgs), MappingProxyType(nodes), MappingProxyType(info), policy,
-                      c.version + 1, height)
+    return Consortium.make(orgs, nodes, info, policy, c.version + 1, height)
 
