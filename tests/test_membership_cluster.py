@@ -104,7 +104,8 @@ def env_id(env: dict) -> str:
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = Cluster(tmp_path)
+    # the log is compacted often, so that the new node catches up by snapshot and blocks
+    c = Cluster(tmp_path, tables={"raft": {"snapshot_every_blocks": 20, "keep_entries": 5}})
     try:
         c.start_all()
         yield c
@@ -174,6 +175,7 @@ def test_a_firm_joins_by_vote_and_another_leaves_under_load(cluster):
     out = subprocess.run([sys.executable, "-m", "crmledger.node.ops.cli", "node", "--config",
                           str(c.dir / "node3.toml")], capture_output=True, text=True, timeout=60, cwd=c.dir)
     assert out.returncode == 2 and "removed from the consortium" in out.stderr, out.stderr
+    assert "by block transfer" in (c.dir / "node4.log").read_text(), "node4 caught up from a snapshot"
     c.stop_all()
     for i in (1, 2, 3, 4):
         rep = verify(c.dir / f"node{i}", workers=1)
