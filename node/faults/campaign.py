@@ -143,8 +143,10 @@ def run_campaign(seed: int, nodes: int, seconds: float, folder: Path | None = No
 
             async def both() -> None:
                 t0 = time.monotonic()
+                # bounded in count as in time: 100 operations a second at most, so that a
+                # long run keeps writing to its end
                 await asyncio.gather(run_clients([c.url(i) for i in range(1, nodes + 1)], key, history, seconds,
-                                                 writers=writers, seed=seed),
+                                                 writers=writers, seed=seed, max_ops=max(100_000, int(100 * seconds))),
                                      _nemesis(nem, c, plan, t0, progress))
             asyncio.run(both())
             nem.heal()
