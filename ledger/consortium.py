@@ -49,13 +49,15 @@ class Consortium:
     # derived from the above (see `make`), looked up once per transaction
     admins: frozenset[str] = frozenset()
     by_node_key: Mapping[str, NodeInfo] = field(default_factory=lambda: MappingProxyType({}))
+    raft_ids: frozenset[int] = frozenset()   # of its nodes: the Raft group the leader makes follow it
 
     @classmethod
     def make(cls, orgs: Mapping[str, frozenset[str]], nodes: Mapping[str, NodeInfo], org_info: Mapping[str, OrgInfo],
              policy: str = "majority", version: int = 0, height: int = 0) -> "Consortium":
         return cls(MappingProxyType(dict(orgs)), MappingProxyType(dict(nodes)), MappingProxyType(dict(org_info)),
                    policy, version, height, frozenset().union(*orgs.values()),
-                   MappingProxyType({n.pubkey: n for n in nodes.values()}))
+                   MappingProxyType({n.pubkey: n for n in nodes.values()}),
+                   frozenset(n.raft_id for n in nodes.values()))
 
     def is_admin_of(self, pubkey: str, org: str) -> bool:
         return pubkey in self.orgs.get(org, ())

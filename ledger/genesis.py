@@ -147,11 +147,16 @@ def genesis_from_dict(obj: Any) -> Genesis:
                    MappingProxyType(org_info))
 
 
-def load_genesis(path: str | Path) -> Genesis:
+def read_json_file(path: str | Path, what: str) -> Any:
+    """The JSON value in the file `what` names; raises GenesisError (a ValueError) saying
+    what was wrong with which file."""
     try:
-        obj = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except OSError as e:
-        raise GenesisError(f"cannot read genesis file {path}: {e.strerror}") from None
+        raise GenesisError(f"cannot read {what} {path}: {e.strerror}") from None
     except json.JSONDecodeError as e:
-        raise GenesisError(f"genesis file {path} is not valid JSON: {e}") from None
-    return genesis_from_dict(obj)
+        raise GenesisError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+def load_genesis(path: str | Path) -> Genesis:
+    return genesis_from_dict(read_json_file(path, "genesis file"))

@@ -91,7 +91,7 @@ class Inbox:
 class RaftDriver:
     def __init__(self, raw: RawNode, dd: DataDir, cfg: RaftConfig, inbox: Inbox, proposer: BlockProposer,
                  applier: Applier, sync: BlockSync, send: Callable[[Message], None], metrics: Metrics,
-                 members: Callable[[], set[int]] | None = None) -> None:
+                 members: Callable[[], frozenset[int]] | None = None) -> None:
         self.raw = raw
         self.dd = dd
         self.cfg = cfg

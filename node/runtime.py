@@ -112,7 +112,7 @@ class Node:
         self.gossip = Gossip(cfg.mempool.gossip_ms, self.peers, self.mempool, self.dd.ledger, self.admission,
                              self.checker.pool, self.metrics, self._added)
         self.driver = RaftDriver(self.raw, self.dd, cfg.raft, self.inbox, self.proposer, self.applier, self.sync,
-                                 self._send, self.metrics, self._raft_members)
+                                 self._send, self.metrics, lambda: self.consortium.raft_ids)
         self.last_raft_from: dict[str, float] = {}   # peer -> when its last Raft message came
         self.calls = PeerCalls(self.peers)
         self.calls.handle("commit_index", self._serve_commit_index)
@@ -149,10 +149,6 @@ class Node:
         raise NodeError(f"node_id {nid!r} is not a node of the consortium: once the orgs have voted it in, "
                         "start it with `crmledger join`")
 
-    def _raft_members(self) -> set[int]:
-        """The Raft ids the consortium in force names (the leader makes the Raft group
-        follow it, one change at a time)."""
-        return {n.raft_id for n in self.consortium.nodes.values()}
 
     def _follow_consortium(self) -> None:
         """A block changed the consortium: reach the nodes it added, drop the ones it
@@ -357,9 +353,8 @@ class Node:
         may then campaign without waiting for the election timeout)."""
         n = self.peers.peers.get(peer)
         if n is not None and n.raft_id == self.raw.leader_id:
-            raft_id = n.raft_id
             log.info("the link from the leader %s ended: it is gone", peer)
-            self.inbox.put(LeaderDown(raft_id))
+            self.inbox.put(LeaderDown(n.raft_id))
 
     def _on_frame(self, peer: str, kind: str, body) -> None:
         """A frame from an authenticated peer. Raises WireError for one that breaks the

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from crmledger.ledger.keys import SigningKey
 from crmledger.ledger.requests import sign_request
@@ -39,6 +41,17 @@ class Cluster(LocalCluster):
     @staticmethod
     def sign(key: SigningKey, path: str, ts: int | None = None) -> dict:
         return sign_request(key, "GET", path, int(time.time() * 1000) if ts is None else ts)
+
+
+@contextmanager
+def running(tmp: Path, **kw) -> Iterator[Cluster]:
+    """A started cluster, stopped on the way out however the block ends."""
+    c = Cluster(tmp, **kw)
+    try:
+        c.start_all()
+        yield c
+    finally:
+        c.stop_all()
 
 
 def with_private(value: dict | str) -> tuple[str, dict]:

@@ -16,17 +16,13 @@ from crmledger.node.ops.cluster_init import init_cluster
 from crmledger.node.ops.tlscerts import make_certificate
 from crmledger.node.wire import frame
 from crmledger.node.ops.verify import verify
-from tests.cluster_kit import ROOT, Cluster, wait_for
+from tests.cluster_kit import ROOT, Cluster, running, wait_for
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    try:
-        c.start_all()
+    with running(tmp_path) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def _children(pid: int) -> list[int]:

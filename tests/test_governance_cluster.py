@@ -10,17 +10,13 @@ import pytest
 
 from crmledger.ledger.keys import SigningKey
 from crmledger.node.ops.verify import verify
-from tests.cluster_kit import Cluster, wait_for
+from tests.cluster_kit import Cluster, running, wait_for
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    try:
-        c.start_all()
+    with running(tmp_path) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def org_cmd(c: Cluster, *args: str, node: int = 1) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ import pytest
 
 from crmledger.ledger.tx import sign_tx
 from crmledger.node.ops.verify import verify
-from tests.cluster_kit import Cluster, wait_for
+from tests.cluster_kit import Cluster, running, wait_for
 
 LOAD_SECONDS = 90   # the load stops by itself after this, whatever happens
 
@@ -105,12 +105,8 @@ def env_id(env: dict) -> str:
 @pytest.fixture
 def cluster(tmp_path):
     # the log is compacted often, so that the new node catches up by snapshot and blocks
-    c = Cluster(tmp_path, tables={"raft": {"snapshot_every_blocks": 20, "keep_entries": 5}})
-    try:
-        c.start_all()
+    with running(tmp_path, tables={"raft": {"snapshot_every_blocks": 20, "keep_entries": 5}}) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def voters(c: Cluster, i: int) -> list[str]:

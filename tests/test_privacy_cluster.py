@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 
 from crmledger.ledger.keys import SigningKey
-from tests.cluster_kit import Cluster, bytes_in, wait_for, with_private
+from tests.cluster_kit import Cluster, bytes_in, running, wait_for, with_private
 from tests.kantara import RECEIPT_SCHEMA
 
 CARE = "dpv:CustomerCare"
@@ -76,12 +76,8 @@ class _Events:
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = Cluster(tmp_path, service_levels={"first_response_ms": 1500, "resolution_ms": 600_000})
-    try:
-        c.start_all()
+    with running(tmp_path, service_levels={"first_response_ms": 1500, "resolution_ms": 600_000}) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def test_private_data_rights_end_to_end(cluster):

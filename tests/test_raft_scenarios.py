@@ -721,6 +721,7 @@ def test_malformed_messages_are_dropped_and_counted():
         Message(MT.APP, to=2, frm=1, term=2, index=5, entries=(Entry(2, 9),)),  # gap
         Message(MT.APP, to=2, frm=1, term=2, index=1, entries=(Entry(7, 2),)),  # future term
         Message(MT.SNAP, to=2, frm=1, term=2),                      # no snapshot
+        Message(MT.HEARTBEAT, to=2, frm=1, term=2, context=b"x" * 65),   # a context too long
         "not a message",
     ]
     for m in bad:

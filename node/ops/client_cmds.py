@@ -18,7 +18,7 @@ from crmledger.ledger.tx import HASHED, TX_TYPES, private_hash, sign_tx
 from crmledger.storage.datadir import genesis_of
 
 
-def _get(url: str, timeout: float = 2.0):
+def get_json(url: str, timeout: float = 2.0):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
 
@@ -29,7 +29,7 @@ def _nodes_in_force(cluster_dir: str) -> list[tuple[str, str]]:
     g = genesis_of(cluster_dir)
     for n in sorted(g.nodes.values(), key=lambda n: n.raft_id):
         try:
-            return [(x["node_id"], x["api_addr"]) for x in _get(f"http://{n.api_addr}/v1/nodes")["nodes"]]
+            return [(x["node_id"], x["api_addr"]) for x in get_json(f"http://{n.api_addr}/v1/nodes")["nodes"]]
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return [(nid, n.api_addr) for nid, n in sorted(g.nodes.items(), key=lambda kv: kv[1].raft_id)]
@@ -39,7 +39,7 @@ def cluster_status(cluster_dir: str) -> list[dict]:
     rows = []
     for nid, api in _nodes_in_force(cluster_dir):
         try:
-            st = _get(f"http://{api}/v1/status")
+            st = get_json(f"http://{api}/v1/status")
             rows.append({"node": nid, "api": api, **st})
         except (OSError, ValueError):
             rows.append({"node": nid, "api": api, "role": "down"})
@@ -106,7 +106,7 @@ def submit(node: str, key_file: str, type_: str, org: str, payload: str, wait: b
     if print_only:
         print(json.dumps(env))
         return 0
-    return _send("submit", node, tx_request(node, env, wait))[0]
+    return send_request("submit", node, tx_request(node, env, wait))[0]
 
 
 def tx_request(node: str, env: dict, wait: bool = True) -> urllib.request.Request:
@@ -114,7 +114,7 @@ def tx_request(node: str, env: dict, wait: bool = True) -> urllib.request.Reques
     return urllib.request.Request(url, data=json.dumps(env).encode(), headers={"Content-Type": "application/json"})
 
 
-def _send(cmd: str, node: str, req: urllib.request.Request, quiet: bool = False) -> tuple[int, dict | None]:
+def send_request(cmd: str, node: str, req: urllib.request.Request, quiet: bool = False) -> tuple[int, dict | None]:
     """Send `req`, print the answer (an error's on stderr) unless `quiet`; the exit code
     and the answer (when it is JSON)."""
     try:
@@ -144,4 +144,4 @@ def read(node: str, key_file: str, path: str) -> int:
         print("read: the path starts with /, e.g. /v1/customers/alice/export", file=sys.stderr)
         return 2
     headers = sign_request(key, "GET", path, int(time.time() * 1000))
-    return _send("read", node, urllib.request.Request(f"http://{node}{path}", headers=headers))[0]
+    return send_request("read", node, urllib.request.Request(f"http://{node}{path}", headers=headers))[0]

@@ -26,7 +26,7 @@ from crmledger.ledger.keys import SigningKey
 from crmledger.ledger.tx import sign_tx
 from crmledger.node.config import ConfigError, load_config, load_signing_key, render_config
 
-from .client_cmds import _get, _send, tx_request
+from .client_cmds import get_json, send_request, tx_request
 from .cluster_init import _write
 from .org_cmds import DAY_MS, org_file_proposal
 from .tlscerts import fingerprint_pem, make_certificate
@@ -37,7 +37,7 @@ def fetch_consortium(sources: list[str]) -> dict:
     errors = []
     for src in sources:
         try:
-            doc = _get(f"http://{src}/v1/consortium", timeout=5)
+            doc = get_json(f"http://{src}/v1/consortium", timeout=5)
             return {k: doc[k] for k in ("version", "height", "policy", "orgs", "nodes")}
         except (OSError, ValueError, KeyError) as e:
             errors.append(f"{src}: {e}")
@@ -103,7 +103,7 @@ def prepare_firm(d: Path) -> tuple[int, Path]:
 
 def _signed(node: str, key: SigningKey, type_: str, org: str, payload: dict) -> dict:
     env = sign_tx(key, type_, org, secrets.token_hex(8), int(time.time() * 1000), payload)
-    rc, answer = _send("add-firm", node, tx_request(node, env), quiet=True)
+    rc, answer = send_request("add-firm", node, tx_request(node, env), quiet=True)
     if rc or not answer or answer.get("code") != "valid":
         raise RuntimeError(f"{type_} by {org} was refused: {answer}")
     return answer

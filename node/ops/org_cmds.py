@@ -17,13 +17,13 @@ import json
 import secrets
 import sys
 import time
-from pathlib import Path
 
 from crmledger.ledger.consortium import POLICIES, check_proposal
+from crmledger.ledger.genesis import read_json_file
 from crmledger.ledger.tx import TxError, admit, sign_tx
 from crmledger.node.config import load_signing_key
 
-from .client_cmds import _get, _send, tx_request
+from .client_cmds import get_json, send_request, tx_request
 
 DAY_MS = 24 * 3600_000
 
@@ -71,12 +71,7 @@ def _fail(msg: str) -> int:
 def org_file_proposal(path: str) -> dict:
     """The add_org proposal an org file describes (the node's certificate pinned by its
     SHA-256); raises ValueError."""
-    try:
-        spec = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    spec = read_json_file(path, "org file")
     if type(spec) is not dict:
         raise ValueError(f"{path}: an org file is a JSON object")
     proposal = {"action": "add_org", **spec}
@@ -126,7 +121,7 @@ def run(a) -> int:
         admit(env)   # the shape, as a node checks it
     except (ValueError, TxError) as e:
         return _fail(str(getattr(e, "detail", e)))
-    rc, answer = _send(f"org {a.org_cmd}", a.node, tx_request(a.node, env), quiet=True)
+    rc, answer = send_request(f"org {a.org_cmd}", a.node, tx_request(a.node, env), quiet=True)
     if rc or answer is None:
         print(f"org {a.org_cmd}: {answer if answer is not None else 'no answer'}", file=sys.stderr)
         return rc or 1
@@ -145,7 +140,7 @@ def run(a) -> int:
 
 def _show_proposal(node: str, pid: str) -> None:
     try:
-        doc = _get(f"http://{node}/v1/consortium")
+        doc = get_json(f"http://{node}/v1/consortium")
     except (OSError, ValueError):
         return
     for p in doc["proposals"]:
@@ -155,7 +150,7 @@ def _show_proposal(node: str, pid: str) -> None:
 
 def list_consortium(node: str, as_json: bool) -> int:
     try:
-        doc = _get(f"http://{node}/v1/consortium")
+        doc = get_json(f"http://{node}/v1/consortium")
     except (OSError, ValueError) as e:
         return _fail(f"cannot read the consortium from {node}: {e}")
     if as_json:
